@@ -1,0 +1,1 @@
+"""PagedAttention kernels in Triton, each with a plain-PyTorch reference (the real-engine issue)."""

@@ -1,0 +1,89 @@
+"""Configuration of the KV cache and the scheduler: plain, validated dataclasses.
+
+These are the only objects passed down into `paged/` (nano-vllm's one-config rule). Hydra's structured
+configs in `harness/` build them; nothing here imports Hydra. Defaults are those of vLLM at the time of
+the paper (../shared/paper.md, "Systems compared"): block size 16, 1% watermark, 2560 batched tokens,
+256 sequences, OPT's 2048-token context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREEMPTION_MODES = ("auto", "recompute", "swap")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class CacheConfig:
+    """The paged KV cache: how many blocks of how many token slots, on the device and on the host."""
+
+    num_gpu_blocks: int
+    block_size: int = 16
+    num_cpu_blocks: int = 0
+    # Admission keeps this fraction of device blocks free, so that a freshly admitted prompt does not
+    # force a preemption on the very next decode step (vLLM v0's 1% watermark).
+    watermark: float = 0.01
+    # Automatic prefix caching: full blocks are found again by a chained hash of their tokens.
+    enable_prefix_caching: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.block_size, int) and self.block_size >= 1,
+            f"block_size must be a positive integer number of token slots, got {self.block_size!r}; "
+            "the paper uses 16 and sweeps 1 to 256",
+        )
+        _require(
+            isinstance(self.num_gpu_blocks, int) and self.num_gpu_blocks >= 1,
+            f"num_gpu_blocks must be at least 1, got {self.num_gpu_blocks!r}; give the KV cache more "
+            "memory or use smaller blocks",
+        )
+        _require(
+            isinstance(self.num_cpu_blocks, int) and self.num_cpu_blocks >= 0,
+            f"num_cpu_blocks must be >= 0, got {self.num_cpu_blocks!r}",
+        )
+        _require(
+            0.0 <= self.watermark < 1.0,
+            f"watermark is a fraction of device blocks in [0, 1), got {self.watermark!r}",
+        )
+
+    @property
+    def watermark_blocks(self) -> int:
+        return int(self.watermark * self.num_gpu_blocks)
+
+    @property
+    def num_gpu_slots(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+
+@dataclass
+class SchedulerConfig:
+    """Budgets of one iteration and the preemption mode (paper section 4.5)."""
+
+    max_num_batched_tokens: int = 2560
+    max_num_seqs: int = 256
+    max_model_len: int = 2048
+    # recompute | swap | auto. auto is vLLM v0's rule: recompute single-sequence groups (cheaper),
+    # swap multi-sequence groups (parallel samples, beams), whose shared blocks recompute would duplicate.
+    preemption_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")
+        _require(self.max_model_len >= 1, f"max_model_len must be at least 1, got {self.max_model_len!r}")
+        # Without chunked prefill a sequence's whole context is prefilled in one step (and again after
+        # a recompute preemption), so the token budget must hold the longest sequence (vLLM v0 checks
+        # the same).
+        _require(
+            self.max_num_batched_tokens >= self.max_model_len,
+            f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
+            f"({self.max_model_len}): a long prompt could never be prefilled; raise "
+            "max_num_batched_tokens or lower max_model_len",
+        )
+        _require(
+            self.preemption_mode in PREEMPTION_MODES,
+            f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}",
+        )

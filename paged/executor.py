@@ -1,0 +1,74 @@
+"""The executor interface: what runs a scheduled step, on a real model or on a cost model.
+
+The engine loop is schedule -> execute -> post-process (engine.py). An executor receives the
+`SchedulerOutput`, performs its block operations in the order swap-out, swap-in, copy (a block freed
+by a swap-out may be the target of a copy in the same step), writes the KV of every scheduled token of
+a layer before attention of that layer reads the cache (so a prompt may read blocks that another
+prompt of the same step is filling: identical prompts, shared prefixes), and returns one list of
+samples per scheduled group plus how long the step took.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+from paged.scheduler import SchedulerOutput
+from paged.sequence import SequenceStatus
+
+
+@dataclass
+class Sample:
+    """One sampled token for the sequence `parent_seq_id`. Several samples with the same parent
+    fork it (beam search); a running sequence that gets none is dropped (a losing beam)."""
+
+    parent_seq_id: int
+    token_id: int
+    logprob: float = 0.0
+
+
+@dataclass
+class ExecutorResult:
+    outputs: list[list[Sample]]  # one list per group in SchedulerOutput.scheduled_groups
+    duration_s: float  # wall time on a real executor, predicted time on a simulated one
+
+
+class Executor(Protocol):
+    def execute(self, out: SchedulerOutput) -> ExecutorResult: ...
+
+
+class NullExecutor:
+    """Tokens without a model, for tests and the scheduler benchmark: no tensors, fixed step time.
+
+    Every running sequence gets one token, never EOS; output lengths therefore follow each request's
+    max_tokens, as in vLLM's benchmarks. Beam-search groups have their beams re-drawn from the
+    current ones at random (seeded), which exercises fork and free as real beam search does.
+    """
+
+    def __init__(self, step_time_s: float = 0.0, seed: int = 0, vocab_size: int = 50_000) -> None:
+        self.step_time_s = step_time_s
+        self.vocab_size = vocab_size
+        self.rng = random.Random(seed)
+
+    def execute(self, out: SchedulerOutput) -> ExecutorResult:
+        outputs = []
+        vocab = self.vocab_size
+        for group in out.scheduled_groups:
+            seqs = group.seqs
+            if len(seqs) == 1:
+                s = seqs[0]
+                outputs.append([Sample(s.seq_id, (len(s.token_ids) * 7919 + s.seq_id) % vocab)])
+                continue
+            running = [s for s in seqs if s.status is SequenceStatus.RUNNING]
+            if group.sampling_params.use_beam_search:
+                parents = sorted(self.rng.choices(running, k=len(running)), key=lambda s: s.seq_id)
+            else:
+                parents = running
+            outputs.append(
+                [
+                    Sample(p.seq_id, (len(p.token_ids) * 7919 + p.seq_id * 31 + i) % vocab)
+                    for i, p in enumerate(parents)
+                ]
+            )
+        return ExecutorResult(outputs, self.step_time_s)

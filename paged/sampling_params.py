@@ -1,0 +1,35 @@
+"""Per-request decoding parameters, shaped like vLLM's `SamplingParams` so users' scripts carry over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SamplingParams:
+    """How one request decodes.
+
+    With `use_beam_search`, `n` is the beam width (vLLM v0's semantics). The scheduler reads only
+    `n`, `max_tokens`, `ignore_eos` and `use_beam_search`; the other fields are for the sampler.
+    """
+
+    max_tokens: int = 16
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    use_beam_search: bool = False
+    ignore_eos: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.n < 1:
+            raise ValueError(f"n (samples, or beam width with beam search) must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k == 0 or self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")

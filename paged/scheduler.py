@@ -1,0 +1,336 @@
+"""Iteration-level FCFS scheduling with all-or-nothing preemption (paper section 4.5, vLLM v0.1).
+
+One scheduler for every system: the paged BlockManager and the contiguous baselines are memory
+policies behind `KVCacheManager`; the real model and the cost model are executors behind the engine.
+
+Each step is either a prompt step or a decode step (no mixing, as in vLLM v0.1):
+1. If no group is swapped out, admit waiting groups in arrival order while each fits: memory above the
+   watermark, max_num_batched_tokens, max_num_seqs. The first that does not fit stops admission
+   (head-of-line: FCFS does not skip ahead). If any group was admitted, the step is their prompt phase.
+2. Otherwise decode every running group, earliest arrival first. A group that cannot get a slot for
+   each of its sequences preempts the latest-arrived running group, or itself if it is the last one.
+3. If nothing was preempted, swap groups back in, earliest arrival first, while they fit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from paged.config import SchedulerConfig
+from paged.memory import AllocStatus, KVCacheManager
+from paged.sequence import SequenceGroup, SequenceStatus, next_seq_id
+
+if TYPE_CHECKING:
+    from paged.executor import Sample
+
+_RUNNING = SequenceStatus.RUNNING
+_WAITING = SequenceStatus.WAITING
+_SWAPPED = SequenceStatus.SWAPPED
+
+
+def _arrival(group: SequenceGroup) -> float:
+    return group.arrival_time
+
+
+@dataclass
+class SchedulerOutput:
+    """What one step runs. A prefill group's sequences compute tokens [num_computed_tokens, len);
+    a decode group's running sequences compute their newest token."""
+
+    scheduled_groups: list[SequenceGroup] = field(default_factory=list)
+    is_prefill: bool = False
+    num_batched_tokens: int = 0  # tokens the forward pass computes
+    num_seqs: int = 0  # sequences in the batch
+    # (device, host) and (host, device) pairs. Pairs, not a dict: a block shared across groups (a
+    # shared prefix, a cached block) is copied once for each group that swaps it out.
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
+    preempted: list[SequenceGroup] = field(default_factory=list)
+    rejected: list[SequenceGroup] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled_groups
+
+
+class Scheduler:
+    """FCFS over three queues: waiting (new and recompute-preempted), running, swapped."""
+
+    def __init__(self, config: SchedulerConfig, memory: KVCacheManager) -> None:
+        self.config = config
+        self.memory = memory
+        self.waiting: deque[SequenceGroup] = deque()
+        self.running: list[SequenceGroup] = []
+        self.swapped: list[SequenceGroup] = []
+        self._running_sorted = True
+        self.num_preemptions = 0
+        self.num_swapped_blocks = 0  # blocks moved out to host memory, summed over the run
+
+    def add(self, group: SequenceGroup) -> None:
+        self.waiting.append(group)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    # ------------------------------------------------------------------ scheduling
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        if not self.swapped:
+            self._admit(out, now)
+            if out.scheduled_groups:
+                out.is_prefill = True
+                return out
+        self._decode(out, now)
+        if not out.preempted and self.swapped:
+            self._swap_in(out)
+            if not self.running and self.swapped:
+                # The cache is idle and the earliest swapped group still cannot come back: memory
+                # pinned since its admission (a shared prefix) leaves too little. Nothing will free
+                # it, and nothing can be admitted while it is swapped out.
+                group = self.swapped.pop(0)
+                for seq in group.get_seqs(_SWAPPED):
+                    self.memory.free(seq)
+                self._reject(
+                    group,
+                    "cannot fit in the KV cache next to the blocks shared prefixes hold; "
+                    "give the cache more memory or release prefixes",
+                    now,
+                    out,
+                )
+        out.scheduled_groups = self.running
+        num_seqs = 0
+        for g in self.running:
+            num_seqs += g.max_num_running_seqs
+        out.num_seqs = out.num_batched_tokens = num_seqs
+        return out
+
+    def _reject(self, group: SequenceGroup, reason: str, now: float, out: SchedulerOutput) -> None:
+        group.reject_reason = reason
+        group.metrics.finished_time = now
+        for seq in group.seqs:
+            seq.status = SequenceStatus.FINISHED_REJECTED
+        out.rejected.append(group)
+
+    def _static_reject_reason(self, group: SequenceGroup) -> str | None:
+        cfg = self.config
+        num_prompt = group.num_prompt_tokens
+        if num_prompt > cfg.max_model_len:
+            return (
+                f"prompt has {num_prompt} tokens, more than max_model_len={cfg.max_model_len}; "
+                "shorten the prompt or raise max_model_len"
+            )
+        if num_prompt == 0:
+            return "prompt is empty; give at least one token"
+        if group.sampling_params.n > cfg.max_num_seqs:
+            return (
+                f"n={group.sampling_params.n} sequences exceed max_num_seqs={cfg.max_num_seqs}; "
+                "lower n or raise max_num_seqs"
+            )
+        return None
+
+    def _admit(self, out: SchedulerOutput, now: float) -> None:
+        cfg = self.config
+        memory = self.memory
+        num_seqs = 0
+        for g in self.running:
+            num_seqs += g.max_num_running_seqs
+        num_tokens = 0
+        waiting = self.waiting
+        while waiting:
+            group = waiting[0]
+            reason = self._static_reject_reason(group)
+            if reason is None:
+                plan = memory.can_allocate(group)
+                if plan.status is AllocStatus.NEVER:
+                    reason = plan.reason
+                elif plan.status is AllocStatus.LATER and not self.running and not out.scheduled_groups:
+                    # Nothing runs and nothing is swapped, so no memory will ever be freed for it.
+                    reason = (
+                        "cannot fit even in an idle cache (memory held by shared prefixes); "
+                        "release prefixes or give the KV cache more memory"
+                    )
+            if reason is not None:
+                waiting.popleft()
+                self._reject(group, reason, now, out)
+                continue
+            if plan.status is AllocStatus.LATER:
+                break
+            # A group alone in the batch is admitted even over the token budget: a re-prefill of
+            # several diverged sequences after a recompute can exceed it, and must still run.
+            if num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
+                break
+            n = group.max_num_running_seqs
+            if num_seqs + n > cfg.max_num_seqs:
+                break
+            waiting.popleft()
+            out.blocks_to_copy.extend(memory.allocate(group, plan))
+            for seq in group.seqs:
+                if seq.status is _WAITING:
+                    seq.status = _RUNNING
+            if group.metrics.first_scheduled_time is None:
+                group.metrics.first_scheduled_time = now
+            if self.running and group.arrival_time < self.running[-1].arrival_time:
+                self._running_sorted = False
+            self.running.append(group)
+            out.scheduled_groups.append(group)
+            num_tokens += plan.num_new_tokens
+            num_seqs += n
+        out.num_batched_tokens = num_tokens
+        out.num_seqs = num_seqs if out.scheduled_groups else 0
+
+    def _decode(self, out: SchedulerOutput, now: float) -> None:
+        if not self._running_sorted:
+            self.running.sort(key=_arrival)
+            self._running_sorted = True
+        memory = self.memory
+        can_append_slots = memory.can_append_slots
+        append_slot = memory.append_slot
+        copies = out.blocks_to_copy
+        queue = deque(self.running)
+        kept = []
+        while queue:
+            group = queue.popleft()
+            while not can_append_slots(group):
+                if queue:
+                    self._preempt(queue.pop(), out, now)  # the latest arrival
+                else:
+                    self._preempt(group, out, now)
+                    break
+            else:
+                for seq in group.seqs:
+                    if seq.status is _RUNNING:
+                        copy = append_slot(seq)
+                        if copy is not None:
+                            copies.append(copy)
+                kept.append(group)
+        self.running = kept
+
+    def _preempt(self, group: SequenceGroup, out: SchedulerOutput, now: float) -> None:
+        mode = self.config.preemption_mode
+        if mode == "auto":
+            mode = "recompute" if group.max_num_running_seqs == 1 else "swap"
+        if mode == "swap" and not self.memory.can_swap_out(group):
+            # vLLM v0 aborted the request here ("lack of CPU swap space"); recomputing loses nothing.
+            mode = "recompute"
+        if mode == "recompute":
+            # The group's tokens so far become its prompt, prefilled again when it is readmitted.
+            for seq in group.seqs:
+                if seq.status is _RUNNING:
+                    self.memory.free(seq)
+                    seq.status = _WAITING
+                    seq.num_computed_tokens = 0
+            self.waiting.appendleft(group)
+        else:
+            mapping = self.memory.swap_out(group)
+            out.blocks_to_swap_out.extend(mapping.items())
+            self.num_swapped_blocks += len(mapping)
+            for seq in group.seqs:
+                if seq.status is _RUNNING:
+                    seq.status = _SWAPPED
+            self.swapped.append(group)
+            group.metrics.num_swaps += 1
+        group.metrics.preemption_times.append(now)
+        self.num_preemptions += 1
+        out.preempted.append(group)
+
+    def _swap_in(self, out: SchedulerOutput) -> None:
+        self.swapped.sort(key=_arrival)
+        memory = self.memory
+        num_seqs = 0
+        for g in self.running:
+            num_seqs += g.max_num_running_seqs
+        while self.swapped:
+            group = self.swapped[0]
+            n = group.max_num_running_seqs
+            if not memory.can_swap_in(group) or num_seqs + n > self.config.max_num_seqs:
+                break
+            self.swapped.pop(0)
+            out.blocks_to_swap_in.extend(memory.swap_in(group).items())
+            for seq in group.seqs:
+                if seq.status is _SWAPPED:
+                    seq.status = _RUNNING
+                    copy = memory.append_slot(seq)
+                    if copy is not None:
+                        out.blocks_to_copy.append(copy)
+            self.running.append(group)
+            self._running_sorted = False
+            num_seqs += n
+
+    # ------------------------------------------------------------------ after the step
+    def postprocess(
+        self, out: SchedulerOutput, outputs: list[list[Sample]], now: float
+    ) -> list[SequenceGroup]:
+        """Apply the step's samples: append tokens, fork and drop beams, finish sequences and
+        groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
+        finished = list(out.rejected)
+        any_finished = False
+        for group, samples in zip(out.scheduled_groups, outputs):
+            for seq in group.seqs:
+                if seq.status is _RUNNING:
+                    seq.num_computed_tokens = len(seq.token_ids)
+            if out.is_prefill:
+                self.memory.mark_computed(group)
+            if group.metrics.first_token_time is None:
+                group.metrics.first_token_time = now
+            if self._apply_samples(group, samples, now):
+                group.metrics.finished_time = now
+                finished.append(group)
+                any_finished = True
+        if any_finished:
+            self.running = [g for g in self.running if g.metrics.finished_time is None]
+        return finished
+
+    def _apply_samples(self, group: SequenceGroup, samples: list[Sample], now: float) -> bool:
+        """Returns whether the group is now finished."""
+        seqs = group.seqs
+        if len(seqs) == 1 and len(samples) == 1:
+            seq = seqs[0]
+            if seq.status is _RUNNING and samples[0].parent_seq_id == seq.seq_id:
+                seq.append_token(samples[0].token_id, samples[0].logprob, now)
+                if self._check_stop(group, seq):
+                    return True
+                return False
+        by_parent: dict[int, list[Sample]] = {}
+        for s in samples:
+            by_parent.setdefault(s.parent_seq_id, []).append(s)
+        grown = []
+        for parent in [s for s in seqs if s.status is _RUNNING]:
+            children = by_parent.get(parent.seq_id)
+            if not children:  # a beam that no candidate continues
+                parent.status = SequenceStatus.FINISHED_ABORTED
+                self.memory.free(parent)
+                seqs.remove(parent)
+                continue
+            for sample in children[:-1]:
+                child = parent.fork(next_seq_id())
+                child.append_token(sample.token_id, sample.logprob, now)
+                self.memory.fork(parent, child)
+                seqs.append(child)
+                grown.append(child)
+            parent.append_token(children[-1].token_id, children[-1].logprob, now)
+            grown.append(parent)
+        for seq in grown:
+            self._check_stop(group, seq)
+        return all(s.status.is_finished for s in seqs)
+
+    def _check_stop(self, group: SequenceGroup, seq) -> bool:
+        params = group.sampling_params
+        if (
+            not params.ignore_eos
+            and group.eos_token_id is not None
+            and seq.token_ids[-1] == group.eos_token_id
+        ):
+            seq.status = SequenceStatus.FINISHED_STOPPED
+        elif (
+            len(seq.token_ids) - seq.num_prompt_tokens >= params.max_tokens
+            or len(seq.token_ids) >= self.config.max_model_len
+        ):
+            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+        else:
+            return False
+        self.memory.free(seq)
+        return True

@@ -1,0 +1,187 @@
+"""Requests as the scheduler sees them: sequences, sequence groups, their status and timestamps.
+
+A `SequenceGroup` is one request: its prompt and the `n` sequences decoded from it (parallel samples or
+beams, paper section 4.4). The scheduler admits, budgets and preempts whole groups, because the
+sequences of a group share blocks (section 4.5, "all-or-nothing").
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from paged.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SWAPPED = "swapped"
+    FINISHED_STOPPED = "finished_stopped"  # sampled EOS
+    FINISHED_LENGTH_CAPPED = "finished_length_capped"  # reached max_tokens or max_model_len
+    FINISHED_ABORTED = "finished_aborted"  # a beam that lost to better ones
+    FINISHED_REJECTED = "finished_rejected"  # could never run: see SequenceGroup.reject_reason
+
+    @property
+    def is_finished(self) -> bool:
+        return self.value.startswith("finished")
+
+
+_seq_ids = itertools.count()
+
+
+def next_seq_id() -> int:
+    return next(_seq_ids)
+
+
+class Sequence:
+    """One token sequence: prompt plus generated tokens, and how many of them have KV in the cache.
+
+    `num_computed_tokens` counts the leading tokens whose keys and values are stored. After each step it
+    is `len(seq) - 1`: the newest sampled token gets its slot (append_slot) and its KV in the next step.
+    """
+
+    __slots__ = (
+        "seq_id",
+        "token_ids",
+        "num_prompt_tokens",
+        "status",
+        "num_computed_tokens",
+        "cumulative_logprob",
+        "token_times",
+    )
+
+    def __init__(self, seq_id: int, prompt_token_ids: list[int]) -> None:
+        self.seq_id = seq_id
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0
+        self.cumulative_logprob = 0.0
+        self.token_times: list[float] = []  # when each output token was produced
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence(id={self.seq_id}, len={len(self.token_ids)}, "
+            f"computed={self.num_computed_tokens}, {self.status.value})"
+        )
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    def append_token(self, token_id: int, logprob: float, now: float) -> None:
+        self.token_ids.append(token_id)
+        self.cumulative_logprob += logprob
+        self.token_times.append(now)
+
+    def fork(self, seq_id: int) -> Sequence:
+        """A copy under a new id (beam search): same tokens, same computed KV, same timestamps."""
+        child = Sequence(seq_id, [])
+        child.token_ids = list(self.token_ids)
+        child.num_prompt_tokens = self.num_prompt_tokens
+        child.status = self.status
+        child.num_computed_tokens = self.num_computed_tokens
+        child.cumulative_logprob = self.cumulative_logprob
+        child.token_times = list(self.token_times)
+        return child
+
+
+@dataclass(eq=False)
+class SharedPrefix:
+    """A prefix that many requests start with (a system prompt, few-shot examples; paper section 4.4).
+
+    Its blocks are computed once, by the first request that uses it, and then mapped into the block
+    table of every later request; each of those copies only the prefix's partial last block
+    (copy-on-write), and its prompt phase computes only its own tokens. The prefix holds one reference
+    on each of its blocks while it is resident, so they are never freed under it.
+    """
+
+    prefix_id: str
+    token_ids: list[int]
+    block_ids: list[int] | None = None  # device blocks, once a request has allocated them
+    computed: bool = False  # True once the prefill that writes them has run
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class RequestMetrics:
+    """Per-request timestamps (seconds on the engine clock), from which docs/metrics.md defines
+    every reported metric."""
+
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+    preemption_times: list[float] = field(default_factory=list)
+    num_swaps: int = 0  # how many of the preemptions swapped rather than recomputed
+
+
+class SequenceGroup:
+    """One request: a prompt, its `n` sequences (samples or beams), and its metrics."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams,
+        arrival_time: float = 0.0,
+        prefix: SharedPrefix | None = None,
+        eos_token_id: int | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.sampling_params = sampling_params
+        self.prefix = prefix
+        self.eos_token_id = eos_token_id
+        self.arrival_time = arrival_time
+        self.metrics = RequestMetrics(arrival_time=arrival_time)
+        self.reject_reason: str | None = None
+        # vLLM v0 creates all n sequences up front: they share the prompt's blocks from allocation on
+        # (reference count n), and the first write into the shared last block copies it.
+        self.seqs: list[Sequence] = [
+            Sequence(next_seq_id(), prompt_token_ids) for _ in range(sampling_params.n)
+        ]
+        self.num_prompt_tokens = len(prompt_token_ids)
+
+    def __repr__(self) -> str:
+        return f"SequenceGroup({self.request_id!r}, n={len(self.seqs)}, arrival={self.arrival_time})"
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.seqs[0].prompt_token_ids
+
+    def get_seqs(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        if status is None:
+            return self.seqs
+        return [s for s in self.seqs if s.status is status]
+
+    def get_unfinished_seqs(self) -> list[Sequence]:
+        return [s for s in self.seqs if not s.status.is_finished]
+
+    @property
+    def max_num_running_seqs(self) -> int:
+        """Sequences this group runs per step: what it charges against max_num_seqs."""
+        return sum(1 for s in self.seqs if not s.status.is_finished)
+
+    @property
+    def is_finished(self) -> bool:
+        return all(s.status.is_finished for s in self.seqs)
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest a sequence of this request can become: prompt plus max_tokens."""
+        return self.num_prompt_tokens + self.sampling_params.max_tokens
