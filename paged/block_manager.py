@@ -63,13 +63,15 @@ class BlockManager:
     # ------------------------------------------------------------------ admission (prompt phase)
     def _lifetime_blocks(self, group: SequenceGroup) -> int:
         """Device blocks the group holds at its longest: shared full prompt blocks plus each
-        sequence's own blocks up to prompt + max_tokens (capped at max_model_len)."""
+        sequence's own blocks up to prompt + max_tokens - 1 tokens of KV (the last sampled token
+        finishes the sequence before it is stored), capped at max_model_len."""
         max_len = group.max_seq_len
         if self.max_model_len is not None:
             max_len = min(max_len, self.max_model_len)
+        max_kv = max(group.num_prompt_tokens, max_len - 1)
         shared = group.num_prompt_tokens // self.block_size
         n = group.sampling_params.n
-        return shared + n * (_cdiv(max_len, self.block_size) - shared)
+        return shared + n * (_cdiv(max_kv, self.block_size) - shared)
 
     def _num_pinned_blocks(self, group: SequenceGroup) -> int:
         """Device blocks shared prefixes hold that this group cannot use as its own: every block of

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from paged import BlockManager, CacheConfig, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
+
+
+def make_group(request_id, prompt, max_tokens=8, n=1, arrival=0.0, beam=False, prefix=None):
+    params = SamplingParams(max_tokens=max_tokens, n=n, use_beam_search=beam, ignore_eos=True)
+    return SequenceGroup(str(request_id), list(prompt), params, arrival_time=arrival, prefix=prefix)
+
+
+def make_scheduler(num_gpu_blocks=64, block_size=4, num_cpu_blocks=64, watermark=0.0, caching=False, **kw):
+    cache = CacheConfig(
+        num_gpu_blocks=num_gpu_blocks,
+        block_size=block_size,
+        num_cpu_blocks=num_cpu_blocks,
+        watermark=watermark,
+        enable_prefix_caching=caching,
+    )
+    cfg = SchedulerConfig(**{"max_num_batched_tokens": 256, "max_model_len": 256, **kw})
+    manager = BlockManager(cache, cfg.max_model_len)
+    return Scheduler(cfg, manager), manager
+
+
+@pytest.fixture
+def sched():
+    return make_scheduler()
