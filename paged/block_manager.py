@@ -87,16 +87,17 @@ class BlockManager:
     def can_allocate(self, group: SequenceGroup) -> AllocPlan:
         """OK, LATER (wait for memory, FCFS) or NEVER (reject), with the prompt phase's token cost."""
         usable = self.num_gpu_blocks - self.watermark_blocks
-        if self.prefixes:
-            usable -= self._num_pinned_blocks(group)
+        pinned = self._num_pinned_blocks(group) if self.prefixes else 0
+        usable -= pinned
         lifetime = self._lifetime_blocks(group)
         if lifetime > usable:
+            held = f" ({pinned} more are held by shared prefixes)" if pinned else ""
             return AllocPlan(
                 AllocStatus.NEVER,
                 reason=(
                     f"needs {lifetime} KV blocks at its longest (prompt {group.num_prompt_tokens} + "
                     f"max_tokens {group.sampling_params.max_tokens}, n={group.sampling_params.n}, "
-                    f"block size {self.block_size}) but the cache has {usable} usable blocks; "
+                    f"block size {self.block_size}) but the cache has {usable} usable blocks{held}; "
                     "give the KV cache more memory or lower max_tokens / n"
                 ),
             )

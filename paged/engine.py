@@ -41,12 +41,14 @@ class Engine:
         self.track_memory = track_memory
         self.clock = 0.0
         self.steps: list[StepRecord] = []
+        self.last_output = None  # the latest SchedulerOutput
 
     def step(self) -> list[SequenceGroup]:
         """Run one iteration at the current clock; returns the groups that finished in it."""
         sched = self.scheduler
         start = self.clock
         out = sched.schedule(start)
+        self.last_output = out
         if out.is_empty and not (out.blocks_to_swap_out or out.blocks_to_copy):
             # Nothing to run (only rejections, or a lone group recompute-preempted itself).
             return sched.postprocess(out, [], start)
@@ -90,13 +92,14 @@ class Engine:
             if not sched.has_unfinished:
                 self.clock = pending[i].arrival_time
                 continue
-            clock_before, steps_before = self.clock, len(self.steps)
+            clock_before = self.clock
             done = self.step()
             finished.extend(done)
             if on_finish is not None:
                 for g in done:
                     on_finish(g)
-            if len(self.steps) == steps_before and not done:
+            out = self.last_output
+            if out.is_empty and not (out.preempted or out.rejected):
                 # Nothing could run and nothing finished: only a new arrival can change that.
                 if i >= len(pending):
                     raise RuntimeError(

@@ -193,3 +193,21 @@ def test_config_errors_name_the_fix():
 
     with pytest.raises(ValueError, match="block_size"):
         CacheConfig(num_gpu_blocks=10, block_size=0)
+
+
+def test_memory_pinned_after_admission_rejects_instead_of_stalling():
+    # Found by the property test: a request admitted before a shared prefix pinned a block can no
+    # longer reach its full length. It must end rejected with a reason, not ping-pong forever.
+    from paged import SharedPrefix
+
+    for mode in ("swap", "recompute"):
+        sched, manager = make_scheduler(
+            num_gpu_blocks=7, block_size=4, num_cpu_blocks=8, preemption_mode=mode
+        )
+        long = make_group("long", [0], max_tokens=25)  # 25 tokens of KV: all 7 blocks
+        prefixed = make_group("prefixed", [0, 0], max_tokens=1, prefix=SharedPrefix("p", [0]))
+        finished = Engine(sched, NullExecutor()).run([long, prefixed])
+        assert {g.request_id for g in finished} == {"long", "prefixed"}
+        assert prefixed.reject_reason is None
+        assert "shared prefixes" in long.reject_reason
+        assert manager.gpu.num_used == 1  # only the prefix's block
