@@ -421,7 +421,14 @@ class BlockManager:
 
     # ------------------------------------------------------------------ accounting (Figure 2)
     def get_block_table(self, seq: Sequence) -> list[int]:
+        """Logical block i -> physical block id (device ids, or host ids while swapped out)."""
         return self.block_tables[seq.seq_id]
+
+    def get_block_fills(self, seq: Sequence) -> list[int]:
+        """Filled slots (tokens whose KV is stored) of each logical block of the sequence."""
+        bs = self.block_size
+        computed = seq.num_computed_tokens
+        return [min(max(computed - i * bs, 0), bs) for i in range(len(self.block_tables[seq.seq_id]))]
 
     def usage(self, running: list[SequenceGroup]) -> MemoryUsage:
         """The device KV space in Figure 2's classes, in O(running sequences).
@@ -453,8 +460,12 @@ class BlockManager:
                     last_blocks[table[-1]] = (filled, future)
         for prefix in self.prefixes:
             tail = len(prefix) % bs
-            if tail and prefix.block_ids[-1] not in last_blocks:
-                last_blocks[prefix.block_ids[-1]] = (tail, tail)
+            block = prefix.block_ids[-1]
+            # Held by the prefix alone, its partial last block holds the prefix's tail; a running
+            # sequence that holds it too (the request that computed the prefix) holds it either
+            # as its last block (counted above) or as a full one.
+            if tail and block not in last_blocks and self.gpu.ref_counts[block] == 1:
+                last_blocks[block] = (tail, tail)
         used = self.gpu.num_used
         filled = sum(f for f, _ in last_blocks.values())
         future = sum(u for _, u in last_blocks.values())

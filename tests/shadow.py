@@ -116,3 +116,34 @@ def check_invariants(manager: BlockManager) -> None:
             cache = pool.prefix_cache
             assert all(cache.hash_to_block[h] == b for b, h in cache.block_hash.items())
             assert len(cache.hash_to_block) == len(cache.block_hash)
+
+
+def brute_force_usage(manager: BlockManager, groups) -> tuple[int, int, int]:
+    """(token states, reservation, internal fragmentation) in slots, block by block over every table:
+    an independent count to hold `BlockManager.usage` against."""
+    bs = manager.block_size
+    filled: dict[int, int] = {}
+    future: dict[int, int] = {}
+
+    def note(block, f, u):
+        filled[block] = max(filled.get(block, 0), f)
+        future[block] = max(future.get(block, 0), u)
+
+    for group in groups:
+        max_kv = min(group.max_seq_len, manager.max_model_len) - 1
+        for seq in group.seqs:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            for i, block in enumerate(manager.block_tables[seq.seq_id]):
+                f = min(max(seq.num_computed_tokens - i * bs, 0), bs)
+                note(block, f, min(max(max_kv - i * bs, f), bs))
+    for prefix in manager.prefixes:
+        for i, block in enumerate(prefix.block_ids):
+            f = min(max(len(prefix) - i * bs, 0), bs)
+            note(block, f, f)
+    used = [b for b, c in enumerate(manager.gpu.ref_counts) if c > 0]
+    assert sorted(filled) == used, "a used block is held by no running sequence or prefix"
+    token_states = sum(filled.values())
+    reservation = sum(future[b] - filled[b] for b in used)
+    internal = sum(bs - future[b] for b in used)
+    return token_states, reservation, internal

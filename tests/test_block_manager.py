@@ -48,6 +48,7 @@ def test_new_block_only_when_the_last_is_full():
     finish_step(g)  # 9 tokens: needs a third block
     m.append_slot(seq)
     assert len(m.get_block_table(seq)) == 3
+    assert m.get_block_fills(seq) == [4, 4, 0]  # the 9th token's KV is computed in the next step
     m.free(seq)
     assert m.gpu.num_free == 16
 

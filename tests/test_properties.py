@@ -5,8 +5,8 @@ Random interleavings of allocate / append / fork / free / swap / preempt come fr
 (lengths, n, beam search, arrival times, shared prefixes) on caches small enough to force preemption by
 swap and by recompute. After every step: free + used = total, each block's count equals the tables
 holding it, no write into a block with count > 1 but a first fill, every sequence reads back its own
-history (so swap out then in restored it), the Figure 2 classes sum to the cache. At the end: every
-request finished with all its tokens, and every block is free again.
+history (so swap out then in restored it), the Figure 2 classes match a block-by-block count. At the
+end: every request finished with all its tokens, and every block is free again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from paged import (
     SequenceStatus,
     SharedPrefix,
 )
-from tests.shadow import ShadowExecutor, check_contents, check_invariants
+from tests.shadow import ShadowExecutor, brute_force_usage, check_contents, check_invariants
 
 request = st.fixed_dictionaries(
     {
@@ -96,8 +96,11 @@ def run_workload(cfg, requests, check_every_step=True):
         if check_every_step:
             check_invariants(manager)
             check_contents(manager, executor, scheduler.running + scheduler.swapped)
-            if engine.steps and engine.steps[-1].memory is not None:
-                engine.steps[-1].memory.check()
+            usage = manager.usage(scheduler.running)
+            usage.check()
+            assert (usage.token_states, usage.reservation, usage.internal_fragmentation) == (
+                brute_force_usage(manager, scheduler.running)
+            )
     return groups, finished, manager, scheduler
 
 
