@@ -1,0 +1,60 @@
+"""The simulated executor: the engine's executor with the GPU replaced by the cost model.
+
+It allocates no tensors. Each step's duration is the cost model's prediction for the step's
+composition (prompt tokens and cached context, or decoding sequences and their context lengths, plus
+swaps and copies); tokens come from the NullExecutor's rule (one per running sequence, never EOS, so
+every request generates exactly its trace's output length; beams re-drawn at random).
+"""
+
+from __future__ import annotations
+
+from harness.cost_model import CostModel
+from paged import ExecutorResult, NullExecutor, SchedulerOutput, SequenceStatus
+
+_RUNNING = SequenceStatus.RUNNING
+
+
+class SimulatedExecutor(NullExecutor):
+    def __init__(self, cost_model: CostModel, seed: int = 0) -> None:
+        super().__init__(step_time_s=0.0, seed=seed)
+        self.cost_model = cost_model
+        self.busy_s = 0.0
+
+    def step_ms(self, out: SchedulerOutput) -> float:
+        cm = self.cost_model
+        if out.is_prefill:
+            seqs = []
+            for g in out.scheduled_groups:
+                for s in g.seqs:
+                    if s.status is _RUNNING:
+                        q = len(s.token_ids) - s.num_computed_tokens
+                        if q > 0:
+                            seqs.append((q, s.num_computed_tokens))
+            ms = cm.prefill(seqs).total_ms
+        else:
+            num_seqs = 0
+            context = 0
+            for g in out.scheduled_groups:
+                seqs = g.seqs
+                if len(seqs) == 1:
+                    num_seqs += 1
+                    context += len(seqs[0].token_ids)
+                    continue
+                for s in seqs:
+                    if s.status is _RUNNING:
+                        num_seqs += 1
+                        context += len(s.token_ids)
+            ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
+        moved = len(out.blocks_to_swap_out) + len(out.blocks_to_swap_in)
+        if moved:
+            ms += cm.swap_ms(moved)
+        if out.blocks_to_copy:
+            ms += cm.copy_ms(len(out.blocks_to_copy))
+        return ms
+
+    def execute(self, out: SchedulerOutput) -> ExecutorResult:
+        duration = self.step_ms(out) / 1e3
+        self.busy_s += duration
+        result = super().execute(out)
+        result.duration_s = duration
+        return result

@@ -1,0 +1,114 @@
+"""Run a workload through the engine with the simulated executor: the paper's experiments on a CPU.
+
+    from harness.simulate import SimConfig, simulate
+    from harness.workload import synthetic
+    result = simulate(synthetic("sharegpt", rate=2.0, duration_s=3600), SimConfig())
+    print(result.metrics["normalized_latency"])
+
+Everything but the executor is the engine's own code: the same Scheduler, the same BlockManager.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from harness.cost_model import CostModel
+from harness.kv_capacity import KVCapacity, kv_capacity
+from harness.metrics import summarize
+from harness.presets import GPUSpec, ModelSpec, load_hardware, load_model
+from harness.sim_executor import SimulatedExecutor
+from harness.workload import Workload
+from paged import BlockManager, CacheConfig, Engine, Scheduler, SchedulerConfig, SequenceGroup
+
+
+@dataclass
+class SimConfig:
+    """One simulated server. Defaults: the paper's OPT-13B server with vLLM's settings of the time."""
+
+    model: str = "opt-13b"
+    hardware: str = "a100-40gb"
+    tensor_parallel_size: int = 1
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.95
+    runtime_reserve_gib: float = 1.5
+    swap_space_gib: float = 4.0  # host swap space per GPU (vLLM v0's default)
+    max_num_batched_tokens: int = 2560
+    max_num_seqs: int = 256
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    preemption_mode: str = "auto"
+    watermark: float = 0.01
+    enable_prefix_caching: bool = False
+    track_memory: bool = True  # Figure 2 accounting after every step
+    seed: int = 0
+
+
+@dataclass
+class SimResult:
+    metrics: dict
+    groups: list[SequenceGroup]
+    engine: Engine
+    capacity: KVCapacity
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
+    model: ModelSpec = load_model(cfg.model)
+    gpu: GPUSpec = load_hardware(cfg.hardware)
+    tp = cfg.tensor_parallel_size
+    cap = kv_capacity(
+        model,
+        gpu,
+        tp=tp,
+        block_size=cfg.block_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        max_num_seqs=cfg.max_num_seqs,
+        runtime_reserve_gib=cfg.runtime_reserve_gib,
+        swap_space_gib=cfg.swap_space_gib,
+    )
+    max_model_len = cfg.max_model_len or model.max_position_embeddings
+    sched_cfg = SchedulerConfig(
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        max_num_seqs=cfg.max_num_seqs,
+        max_model_len=max_model_len,
+        preemption_mode=cfg.preemption_mode,
+    )
+    cache_cfg = CacheConfig(
+        num_gpu_blocks=cap.num_gpu_blocks,
+        block_size=cfg.block_size,
+        num_cpu_blocks=cap.num_cpu_blocks,
+        watermark=cfg.watermark,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+    )
+    cost = CostModel(model, gpu, tp, cfg.block_size)
+    scheduler = Scheduler(sched_cfg, BlockManager(cache_cfg, max_model_len))
+    engine = Engine(scheduler, SimulatedExecutor(cost, seed=cfg.seed), track_memory=cfg.track_memory)
+    return engine, cap, cost
+
+
+def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = False) -> SimResult:
+    """Replay the workload on the simulated server; returns docs/metrics.md's metrics."""
+    cfg = cfg or SimConfig()
+    engine, cap, _ = build(cfg)
+    groups = workload.to_sequence_groups(seed=cfg.seed)
+    bar = None
+    on_finish = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(groups), unit="req", desc=f"{cfg.model} {workload.meta.get('rate', '')} req/s")
+
+        def on_finish(_group):
+            bar.update(1)
+
+    start = time.perf_counter()
+    engine.run(groups, on_finish=on_finish)
+    wall = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    metrics = summarize(groups, engine.steps)
+    metrics["num_gpu_blocks"] = cap.num_gpu_blocks
+    metrics["kv_slots"] = cap.num_slots
+    return SimResult(metrics, groups, engine, cap, wall)

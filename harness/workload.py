@@ -1,0 +1,364 @@
+"""Workloads: which requests arrive when, with how many prompt and output tokens.
+
+A `Workload` is a list of `Request`s with a fixed seed, saved as JSON lines so every system replays
+exactly the same requests. Lengths come from built-in distributions derived from real traces
+(harness/data/length_tables.json, made by scripts/derive_length_tables.py; docs/workloads.md) or from a
+user's own files; arrivals are Poisson or gamma (vLLM's burstiness). Outputs ignore EOS: each request
+generates exactly its trace's output length, as in vLLM's benchmarks and the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from paged import SamplingParams, SequenceGroup, SharedPrefix
+
+TABLES_FILE = Path(__file__).parent / "data" / "length_tables.json"
+BUILTIN = ("sharegpt", "alpaca", "chatbot")
+
+
+class WorkloadError(ValueError):
+    """A malformed workload file or an impossible workload setting."""
+
+
+@dataclass
+class Request:
+    """One request of a trace. prompt_len includes the shared prefix, if any."""
+
+    request_id: str
+    arrival_time: float
+    prompt_len: int
+    output_len: int
+    n: int = 1  # parallel samples, or the beam width with beam search
+    use_beam_search: bool = False
+    prefix_id: str | None = None
+    prefix_len: int = 0
+
+
+@dataclass
+class Workload:
+    requests: list[Request]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def save(self, path: str | Path) -> None:
+        """JSON lines: a header line with the metadata, then one request per line (atomic write)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"meta": self.meta}) + "\n")
+            for r in self.requests:
+                f.write(json.dumps(asdict(r)) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Workload:
+        path = Path(path)
+        requests, meta = [], {}
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise WorkloadError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if "meta" in obj and lineno == 1:
+                    meta = obj["meta"]
+                    continue
+                try:
+                    requests.append(Request(**obj))
+                except TypeError as e:
+                    raise WorkloadError(f"{path}:{lineno}: not a request ({e})") from None
+        return cls(requests, meta)
+
+    def to_sequence_groups(self, seed: int = 0, vocab_size: int = 50_000) -> list[SequenceGroup]:
+        """Requests as engine input, with synthetic prompt token ids (only lengths matter to the
+        simulator; prompts sharing a prefix share its tokens, so prefix sharing and caching see it)."""
+        rng = np.random.default_rng(seed)
+        prefixes: dict[str, SharedPrefix] = {}
+        groups = []
+        for r in self.requests:
+            own = rng.integers(1, vocab_size, size=r.prompt_len - r.prefix_len).tolist()
+            prefix = None
+            if r.prefix_id is not None:
+                prefix = prefixes.get(r.prefix_id)
+                if prefix is None:
+                    tokens = np.random.default_rng([seed, len(prefixes)]).integers(
+                        1, vocab_size, r.prefix_len
+                    )
+                    prefix = prefixes[r.prefix_id] = SharedPrefix(r.prefix_id, tokens.tolist())
+                own = prefix.token_ids + own
+            params = SamplingParams(
+                max_tokens=r.output_len, n=r.n, use_beam_search=r.use_beam_search, ignore_eos=True
+            )
+            groups.append(SequenceGroup(r.request_id, own, params, r.arrival_time, prefix=prefix))
+        return groups
+
+
+# ---------------------------------------------------------------------- arrivals
+def arrival_times(
+    rate: float, duration_s: float, rng: np.random.Generator, burstiness: float = 1.0
+) -> np.ndarray:
+    """Arrival times in [0, duration_s): gaps ~ Gamma(shape=burstiness, mean=1/rate) (vLLM's
+    benchmark; burstiness 1 is a Poisson process, below 1 burstier). rate=inf: all at t=0 is not a
+    time-bounded trace; use num_requests with offline_arrivals instead."""
+    if rate <= 0 or not math.isfinite(rate):
+        raise WorkloadError(f"request rate must be a positive number of requests/s, got {rate}")
+    if burstiness <= 0:
+        raise WorkloadError(f"burstiness must be > 0 (1 = Poisson), got {burstiness}")
+    expected = rate * duration_s
+    times: list[float] = []
+    t = 0.0
+    batch = max(16, int(expected * 1.2) + 16)
+    while True:
+        gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=batch)
+        for g in gaps:
+            t += g
+            if t >= duration_s:
+                return np.asarray(times)
+            times.append(t)
+
+
+# ---------------------------------------------------------------------- lengths
+@lru_cache(maxsize=1)
+def _tables() -> dict:
+    return json.loads(TABLES_FILE.read_text())
+
+
+def vllm_filter(prompt: np.ndarray, output: np.ndarray, min_len: int = 4) -> np.ndarray:
+    """vLLM's ShareGPT benchmark filter: prompt and output >= 4, prompt <= 1024, prompt + output <= 2048."""
+    return (prompt >= min_len) & (output >= min_len) & (prompt <= 1024) & (prompt + output <= 2048)
+
+
+# vLLM's filter comes from its ShareGPT benchmark; the paper's Alpaca statistics (and the chatbot
+# setup) keep short outputs, so those only get the length caps.
+MIN_LEN = {"sharegpt": 4, "alpaca": 1, "chatbot": 1}
+
+
+def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """num (prompt, output) length pairs from a built-in distribution, after vLLM's filter."""
+    if dataset not in BUILTIN:
+        raise WorkloadError(f"unknown built-in dataset {dataset!r}: choose one of {', '.join(BUILTIN)}")
+    t = _tables()
+    q = np.asarray(t["quantiles"])
+    table = t[dataset]
+    prompts, outputs = [], []
+    have = 0
+    while have < num:
+        k = max(2 * (num - have), 64)
+        p = np.rint(np.interp(rng.random(k), q, table["prompt"]) * table["prompt_scale"]).astype(np.int64)
+        o = np.rint(np.interp(rng.random(k), q, table["output"]) * table["output_scale"]).astype(np.int64)
+        keep = vllm_filter(p, o, MIN_LEN[dataset])
+        prompts.append(p[keep])
+        outputs.append(o[keep])
+        have += int(keep.sum())
+    return np.concatenate(prompts)[:num], np.concatenate(outputs)[:num]
+
+
+# ---------------------------------------------------------------------- generators
+def synthetic(
+    dataset: str = "sharegpt",
+    rate: float = 1.0,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    burstiness: float = 1.0,
+    n: int = 1,
+    use_beam_search: bool = False,
+    num_requests: int | None = None,
+) -> Workload:
+    """Requests with built-in lengths arriving at `rate` for `duration_s` seconds (or, with
+    num_requests, exactly that many, all at t=0: vLLM's offline throughput setting)."""
+    rng = np.random.default_rng(seed)
+    if num_requests is not None:
+        times = np.zeros(num_requests)
+    else:
+        times = arrival_times(rate, duration_s, rng, burstiness)
+    prompts, outputs = sample_lengths(dataset, len(times), rng)
+    requests = [
+        Request(str(i), float(t), int(p), int(o), n=n, use_beam_search=use_beam_search)
+        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
+    ]
+    meta = dict(
+        kind="synthetic",
+        dataset=dataset,
+        rate=rate,
+        duration_s=duration_s,
+        seed=seed,
+        burstiness=burstiness,
+        n=n,
+        use_beam_search=use_beam_search,
+        num_requests=num_requests,
+    )
+    return Workload(requests, meta)
+
+
+def shared_prefix(
+    prefix_len: int = 80,
+    rate: float = 1.0,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    task_dataset: str = "alpaca",
+) -> Workload:
+    """The paper's shared-prefix workload (section 6.4): every prompt starts with the same prefix
+    (instruction plus examples: 80 tokens one-shot, 341 five-shot) followed by its own task. The paper's
+    WMT16 sentence lengths are not given; task input and output lengths follow `task_dataset`."""
+    w = synthetic(task_dataset, rate, duration_s, seed)
+    for r in w.requests:
+        r.prompt_len += prefix_len
+        r.prefix_id, r.prefix_len = f"prefix{prefix_len}", prefix_len
+    w.meta.update(kind="shared_prefix", prefix_len=prefix_len)
+    return w
+
+
+def chatbot(rate: float = 1.0, duration_s: float = 3600.0, seed: int = 0) -> Workload:
+    """The paper's chatbot workload: prompts are ShareGPT conversation histories cut to their last 1024
+    tokens, outputs capped at 1024; no KV kept between rounds."""
+    w = synthetic("chatbot", rate, duration_s, seed)
+    w.meta.update(kind="chatbot")
+    return w
+
+
+# ---------------------------------------------------------------------- a user's files
+def _fail(path, line, field_name, problem):
+    raise WorkloadError(f"{path}:{line}: field {field_name!r}: {problem}")
+
+
+def _int_field(row: dict, names: tuple[str, ...], path, line) -> int:
+    for name in names:
+        if name in row:
+            raw = row[name]
+            try:
+                value = int(float(raw))
+            except (TypeError, ValueError):
+                _fail(path, line, name, f"expected a whole number of tokens, got {raw!r}")
+            if value < 0 or value != float(raw):
+                _fail(path, line, name, f"expected a whole number of tokens >= 0, got {raw!r}")
+            return value
+    _fail(path, line, names[0], f"missing (columns are {', '.join(row)}); expected one of {', '.join(names)}")
+
+
+PROMPT_COLUMNS = ("num_prefill_tokens", "prompt_len", "input_len")
+OUTPUT_COLUMNS = ("num_decode_tokens", "output_len")
+TIME_COLUMNS = ("arrived_at", "arrival_time", "timestamp")
+
+
+def _read_csv(path: str | Path) -> list[tuple[int, dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise WorkloadError(f"{path}: no such file")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise WorkloadError(f"{path}:1: empty file, expected a header line")
+        rows = [(i + 2, row) for i, row in enumerate(reader)]
+    for line, row in rows:
+        if None in row or any(v is None for v in row.values()):
+            raise WorkloadError(f"{path}:{line}: wrong number of fields for the header")
+    if not rows:
+        raise WorkloadError(f"{path}: no requests after the header")
+    return rows
+
+
+def load_lengths_csv(
+    path: str | Path, rate: float, duration_s: float | None = None, seed: int = 0
+) -> Workload:
+    """A CSV of token counts (columns num_prefill_tokens,num_decode_tokens: Vidur's trace schema; or
+    prompt_len,output_len). Rows are replayed in order with Poisson arrivals at `rate`."""
+    rows = _read_csv(path)
+    lens = [
+        (_int_field(r, PROMPT_COLUMNS, path, ln), _int_field(r, OUTPUT_COLUMNS, path, ln)) for ln, r in rows
+    ]
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=len(lens))
+    times = np.cumsum(gaps) - gaps[0]
+    requests = [
+        Request(str(i), float(t), p, o)
+        for i, ((p, o), t) in enumerate(zip(lens, times))
+        if duration_s is None or t < duration_s
+    ]
+    return Workload(requests, dict(kind="lengths_csv", path=str(path), rate=rate, seed=seed))
+
+
+def load_trace_csv(path: str | Path) -> Workload:
+    """A CSV trace with timestamps: arrived_at (seconds), num_prefill_tokens, num_decode_tokens."""
+    rows = _read_csv(path)
+    requests = []
+    for ln, row in rows:
+        name = next((c for c in TIME_COLUMNS if c in row), None)
+        if name is None:
+            _fail(path, ln, TIME_COLUMNS[0], f"missing; expected one of {', '.join(TIME_COLUMNS)}")
+        try:
+            t = float(row[name])
+        except ValueError:
+            _fail(path, ln, name, f"expected seconds, got {row[name]!r}")
+        if not math.isfinite(t) or t < 0:
+            _fail(path, ln, name, f"expected seconds >= 0, got {row[name]!r}")
+        requests.append(
+            Request(
+                str(len(requests)),
+                t,
+                _int_field(row, PROMPT_COLUMNS, path, ln),
+                _int_field(row, OUTPUT_COLUMNS, path, ln),
+            )
+        )
+    requests.sort(key=lambda r: r.arrival_time)
+    return Workload(requests, dict(kind="trace_csv", path=str(path)))
+
+
+def load_sharegpt_json(
+    path: str | Path,
+    tokenize: Callable[[str], list[int]],
+    rate: float,
+    num_requests: int | None = None,
+    seed: int = 0,
+) -> Workload:
+    """vLLM's ShareGPT JSON (a list of {"conversations": [{"from", "value"}, ...]}): the first two turns
+    of conversations with at least two, tokenized, kept under vLLM's filter, sampled with a seed.
+    `tokenize` is e.g. a transformers tokenizer's `encode`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkloadError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WorkloadError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise WorkloadError(f"{path}: expected a JSON list of conversations")
+    pairs = []
+    for i, entry in enumerate(data):
+        convs = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(convs, list):
+            raise WorkloadError(f"{path}: entry {i}: field 'conversations': missing or not a list")
+        if len(convs) < 2:
+            continue
+        turns = []
+        for j in (0, 1):
+            if not isinstance(convs[j], dict) or not isinstance(convs[j].get("value"), str):
+                raise WorkloadError(
+                    f"{path}: entry {i}: field 'conversations[{j}].value': missing or not text"
+                )
+            turns.append(convs[j]["value"])
+        pairs.append((len(tokenize(turns[0])), len(tokenize(turns[1]))))
+    if not pairs:
+        raise WorkloadError(f"{path}: no conversation with at least two turns")
+    lens = np.asarray(pairs)
+    lens = lens[vllm_filter(lens[:, 0], lens[:, 1])]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(lens)
+    if num_requests is not None:
+        lens = lens[:num_requests]
+    gaps = rng.exponential(1.0 / rate, size=len(lens))
+    times = np.cumsum(gaps) - gaps[0]
+    requests = [Request(str(i), float(t), int(p), int(o)) for i, (t, (p, o)) in enumerate(zip(times, lens))]
+    return Workload(requests, dict(kind="sharegpt_json", path=str(path), rate=rate, seed=seed))
