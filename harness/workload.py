@@ -153,7 +153,7 @@ def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np
     t = _tables()
     q = np.asarray(t["quantiles"])
     table = t[dataset]
-    prompts, outputs = [], []
+    prompts, outputs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     have = 0
     while have < num:
         k = max(2 * (num - have), 64)

@@ -1,0 +1,68 @@
+"""KV capacity: the one function, against the paper's Table 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.kv_capacity import kv_capacity
+from harness.presets import load_hardware, load_model
+
+
+@pytest.mark.parametrize(
+    "model, gpu, tp, paper_slots",
+    [
+        ("opt-13b", "a100-40gb", 1, 15.7e3),
+        ("opt-66b", "a100-40gb", 4, 9.7e3),
+        ("opt-175b", "a100-80gb", 8, 60.1e3),
+    ],
+)
+def test_table1_slots_within_3_percent(model, gpu, tp, paper_slots):
+    cap = kv_capacity(load_model(model), load_hardware(gpu), tp=tp)
+    assert abs(cap.num_slots / paper_slots - 1) < 0.03
+
+
+def test_kv_bytes_per_token_match_table1():
+    # Paper Table 1: 800 KiB, 2304 KiB, 4608 KiB per token in fp16.
+    assert [load_model(m).kv_bytes_per_token // 1024 for m in ("opt-13b", "opt-66b", "opt-175b")] == [
+        800,
+        2304,
+        4608,
+    ]
+
+
+def test_parameter_counts_match_the_model_names():
+    for name, billions in [
+        ("opt-13b", 12.85),
+        ("opt-66b", 65.7),
+        ("opt-175b", 174.6),
+        ("llama-7b", 6.74),
+        ("llama-13b", 13.0),
+    ]:
+        assert abs(load_model(name).num_params / 1e9 / billions - 1) < 0.01
+
+
+def test_capacity_arithmetic_and_block_size():
+    m, g = load_model("opt-13b"), load_hardware("a100-40gb")
+    c16 = kv_capacity(m, g, block_size=16)
+    assert c16.kv_bytes == c16.budget_bytes - c16.weight_bytes - c16.activation_bytes - c16.reserve_bytes
+    assert c16.num_gpu_blocks == c16.kv_bytes // c16.block_bytes
+    c32 = kv_capacity(m, g, block_size=32)
+    assert c32.num_gpu_blocks == c16.kv_bytes // (2 * c16.block_bytes)
+    assert c16.num_cpu_blocks == 4 * 1024**3 // (16 * 800 * 1024)  # 4 GiB of swap space
+    assert kv_capacity(m, g, gpu_memory_utilization=0.9).num_slots < c16.num_slots
+
+
+def test_a_model_that_does_not_fit_names_the_fix():
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        kv_capacity(load_model("opt-66b"), load_hardware("a100-40gb"), tp=1)
+    with pytest.raises(ValueError, match="must divide"):
+        kv_capacity(load_model("opt-13b"), load_hardware("a100-40gb"), tp=3)
+
+
+def test_unknown_preset_lists_the_known_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="opt-13b"):
+        load_model("opt-14b")
+    bad = tmp_path / "m.yaml"
+    bad.write_text("name: x\nfamily: opt\nhidden: 3\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_model(str(bad))
