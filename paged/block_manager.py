@@ -439,25 +439,39 @@ class BlockManager:
         external fragmentation: any free block serves any request.
         """
         bs = self.block_size
+        ref_counts = self.gpu.ref_counts
+        tables = self.block_tables
+        max_model_len = self.max_model_len or 1 << 62
+        running_status = SequenceStatus.RUNNING
+        # Last blocks held by one sequence are summed directly; shared ones (forked siblings) are
+        # deduplicated through the dict, keeping the largest fill.
         last_blocks: dict[int, tuple[int, int]] = {}
+        num_private = filled_private = future_private = 0
         logical = 0
         for group in running:
-            max_len = group.max_seq_len
-            if self.max_model_len is not None:
-                max_len = min(max_len, self.max_model_len)
+            max_kv = min(group.max_seq_len, max_model_len) - 1
             for seq in group.seqs:
-                if seq.status is not SequenceStatus.RUNNING:
+                if seq.status is not running_status:
                     continue
-                table = self.block_tables.get(seq.seq_id)
+                table = tables.get(seq.seq_id)
                 if not table:
                     continue
-                logical += len(table)
-                base = (len(table) - 1) * bs
-                filled = min(max(seq.num_computed_tokens - base, 0), bs)
-                future = min(max(max_len - 1 - base, filled), bs)
-                old = last_blocks.get(table[-1])
+                n = len(table)
+                logical += n
+                base = (n - 1) * bs
+                filled = seq.num_computed_tokens - base
+                filled = 0 if filled < 0 else bs if filled > bs else filled
+                future = max_kv - base
+                future = filled if future < filled else bs if future > bs else future
+                last = table[-1]
+                if ref_counts[last] == 1:
+                    num_private += 1
+                    filled_private += filled
+                    future_private += future
+                    continue
+                old = last_blocks.get(last)
                 if old is None or old < (filled, future):
-                    last_blocks[table[-1]] = (filled, future)
+                    last_blocks[last] = (filled, future)
         for prefix in self.prefixes:
             tail = len(prefix) % bs
             block = prefix.block_ids[-1]
@@ -467,13 +481,14 @@ class BlockManager:
             if tail and block not in last_blocks and self.gpu.ref_counts[block] == 1:
                 last_blocks[block] = (tail, tail)
         used = self.gpu.num_used
-        filled = sum(f for f, _ in last_blocks.values())
-        future = sum(u for _, u in last_blocks.values())
+        num_last = len(last_blocks) + num_private
+        filled = sum(f for f, _ in last_blocks.values()) + filled_private
+        future = sum(u for _, u in last_blocks.values()) + future_private
         return MemoryUsage(
             total=self.num_total_slots,
-            token_states=(used - len(last_blocks)) * bs + filled,
+            token_states=(used - num_last) * bs + filled,
             reservation=future - filled,
-            internal_fragmentation=len(last_blocks) * bs - future,
+            internal_fragmentation=num_last * bs - future,
             external_fragmentation=0,
             free=self.gpu.num_free * bs,
             logical_blocks=logical,

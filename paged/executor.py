@@ -18,7 +18,7 @@ from paged.scheduler import SchedulerOutput
 from paged.sequence import SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """One sampled token for the sequence `parent_seq_id`. Several samples with the same parent
     fork it (beam search); a running sequence that gets none is dropped (a losing beam)."""

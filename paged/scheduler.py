@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from paged.config import SchedulerConfig
 from paged.memory import AllocStatus, KVCacheManager
-from paged.sequence import SequenceGroup, SequenceStatus, next_seq_id
+from paged.sequence import FINISHED, SequenceGroup, SequenceStatus, next_seq_id
 
 if TYPE_CHECKING:
     from paged.executor import Sample
@@ -79,7 +79,7 @@ class Scheduler:
     # ------------------------------------------------------------------ scheduling
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
-        if not self.swapped:
+        if not self.swapped and self.waiting:
             self._admit(out, now)
             if out.scheduled_groups:
                 out.is_prefill = True
@@ -102,10 +102,7 @@ class Scheduler:
                     out,
                 )
         out.scheduled_groups = self.running
-        num_seqs = 0
-        for g in self.running:
-            num_seqs += g.max_num_running_seqs
-        out.num_seqs = out.num_batched_tokens = num_seqs
+        out.num_batched_tokens = out.num_seqs
         return out
 
     def _reject(self, group: SequenceGroup, reason: str, now: float, out: SchedulerOutput) -> None:
@@ -139,6 +136,7 @@ class Scheduler:
         for g in self.running:
             num_seqs += g.max_num_running_seqs
         num_tokens = 0
+        num_admitted = 0
         waiting = self.waiting
         while waiting:
             group = waiting[0]
@@ -179,8 +177,9 @@ class Scheduler:
             out.scheduled_groups.append(group)
             num_tokens += plan.num_new_tokens
             num_seqs += n
+            num_admitted += n
         out.num_batched_tokens = num_tokens
-        out.num_seqs = num_seqs if out.scheduled_groups else 0
+        out.num_seqs = num_admitted
 
     def _decode(self, out: SchedulerOutput, now: float) -> None:
         if not self._running_sorted:
@@ -192,6 +191,7 @@ class Scheduler:
         copies = out.blocks_to_copy
         queue = deque(self.running)
         kept = []
+        num_seqs = 0
         while queue:
             group = queue.popleft()
             while not can_append_slots(group):
@@ -203,11 +203,13 @@ class Scheduler:
             else:
                 for seq in group.seqs:
                     if seq.status is _RUNNING:
+                        num_seqs += 1
                         copy = append_slot(seq)
                         if copy is not None:
                             copies.append(copy)
                 kept.append(group)
         self.running = kept
+        out.num_seqs = num_seqs
 
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput, now: float) -> None:
         mode = self.config.preemption_mode
@@ -259,6 +261,7 @@ class Scheduler:
             self.running.append(group)
             self._running_sorted = False
             num_seqs += n
+            out.num_seqs += n
 
     # ------------------------------------------------------------------ after the step
     def postprocess(
@@ -315,7 +318,7 @@ class Scheduler:
             grown.append(parent)
         for seq in grown:
             self._check_stop(group, seq)
-        return all(s.status.is_finished for s in seqs)
+        return all(s.status in FINISHED for s in seqs)
 
     def _check_stop(self, group: SequenceGroup, seq) -> bool:
         params = group.sampling_params

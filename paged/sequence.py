@@ -25,8 +25,11 @@ class SequenceStatus(enum.Enum):
 
     @property
     def is_finished(self) -> bool:
-        return self.value.startswith("finished")
+        return self in FINISHED
 
+
+FINISHED = frozenset(s for s in SequenceStatus if s.value.startswith("finished"))
+_RUNNING, _WAITING, _SWAPPED = SequenceStatus.RUNNING, SequenceStatus.WAITING, SequenceStatus.SWAPPED
 
 _seq_ids = itertools.count()
 
@@ -170,16 +173,21 @@ class SequenceGroup:
         return [s for s in self.seqs if s.status is status]
 
     def get_unfinished_seqs(self) -> list[Sequence]:
-        return [s for s in self.seqs if not s.status.is_finished]
+        return [s for s in self.seqs if s.status not in FINISHED]
 
     @property
     def max_num_running_seqs(self) -> int:
         """Sequences this group runs per step: what it charges against max_num_seqs."""
-        return sum(1 for s in self.seqs if not s.status.is_finished)
+        n = 0
+        for s in self.seqs:  # identity tests: an Enum's hash is slow Python code, and this is hot
+            st = s.status
+            if st is _RUNNING or st is _WAITING or st is _SWAPPED:
+                n += 1
+        return n
 
     @property
     def is_finished(self) -> bool:
-        return all(s.status.is_finished for s in self.seqs)
+        return all(s.status in FINISHED for s in self.seqs)
 
     @property
     def max_seq_len(self) -> int:

@@ -211,3 +211,15 @@ def test_memory_pinned_after_admission_rejects_instead_of_stalling():
         assert prefixed.reject_reason is None
         assert "shared prefixes" in long.reject_reason
         assert manager.gpu.num_used == 1  # only the prefix's block
+
+
+def test_step_counts_sequences_and_tokens_of_the_batch():
+    sched, _ = make_scheduler()
+    sched.add(make_group("a", range(10), max_tokens=5, n=2))
+    out, _ = step(sched)
+    assert out.is_prefill and out.num_seqs == 2 and out.num_batched_tokens == 10
+    sched.add(make_group("b", range(6), max_tokens=5))
+    out, _ = step(sched)
+    assert out.is_prefill and out.num_seqs == 1 and out.num_batched_tokens == 6  # b alone
+    out, _ = step(sched)
+    assert not out.is_prefill and out.num_seqs == 3 and out.num_batched_tokens == 3
