@@ -46,6 +46,50 @@ def run(args, track_memory: bool) -> dict:
     }
 
 
+# The paper's Figure 12 panels: (dataset, model, GPU, TP, trace seconds, 8 request rates spanning each
+# panel from light load to past vLLM's capacity in this simulator).
+PANELS = [
+    ("sharegpt", "opt-13b", "a100-40gb", 1, 3600, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
+    ("sharegpt", "opt-66b", "a100-40gb", 4, 3600, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]),
+    ("sharegpt", "opt-175b", "a100-80gb", 8, 900, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
+    ("alpaca", "opt-13b", "a100-40gb", 1, 3600, [4, 8, 12, 16, 20, 24, 28, 32]),
+    ("alpaca", "opt-66b", "a100-40gb", 4, 3600, [2, 4, 6, 8, 10, 12, 14, 16]),
+    ("alpaca", "opt-175b", "a100-80gb", 8, 900, [4, 8, 12, 16, 20, 24, 28, 32]),
+]
+
+
+def _point(job) -> dict:
+    dataset, model, gpu, tp, duration, rate = job
+    t0 = time.perf_counter()
+    w = synthetic(dataset, rate=rate, duration_s=duration, seed=0)
+    r = simulate(w, SimConfig(model=model, hardware=gpu, tensor_parallel_size=tp, track_memory=False))
+    return {
+        "dataset": dataset,
+        "model": model,
+        "rate": rate,
+        "requests": len(w),
+        "wall_s": time.perf_counter() - t0,
+        "normalized_latency": r.metrics["normalized_latency"],
+    }
+
+
+def figure(workers: int) -> list[dict]:
+    """All points of Figure 12 for vLLM, `workers` processes; prints per-panel and total wall time."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(d, m, g, tp, dur, rate) for d, m, g, tp, dur, rates in PANELS for rate in rates]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        rows = list(pool.map(_point, jobs))
+    total = time.perf_counter() - t0
+    for d, m, *_ in PANELS:
+        pts = [r for r in rows if r["dataset"] == d and r["model"] == m]
+        lat = " ".join(f"{r['rate']:g}:{r['normalized_latency']:.3f}" for r in pts)
+        print(f"{d:>8} {m:>8}: {sum(r['wall_s'] for r in pts):6.1f} cpu-s  rate:s/token {lat}")
+    print(f"{len(rows)} points (vLLM only), {workers} processes: {total:.1f} s wall")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="opt-13b")
@@ -57,6 +101,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--figure", action="store_true", help="time the six panels of Figure 12 (vLLM)")
+    ap.add_argument("--workers", type=int, default=2, help="processes for --figure")
     args = ap.parse_args()
     if args.profile:
         prof = cProfile.Profile()
@@ -65,18 +111,20 @@ def main() -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
         return
-    rows = [run(args, False), run(args, True)]
-    print(
-        f"{args.model} on {args.hardware} x{args.tp}, {args.dataset} at {args.rate} req/s for {args.duration:.0f} s"
-    )
-    print(
-        f"{'accounting':>10} {'requests':>9} {'steps':>8} {'wall s':>7} {'req/wall s':>11} {'steps/wall s':>13} {'us/seq-step':>12}"
-    )
-    for r in rows:
-        print(
-            f"{'on' if r['track_memory'] else 'off':>10} {r['requests']:>9} {r['steps']:>8} {r['wall_s']:>7.2f} "
-            f"{r['requests_per_wall_s']:>11.0f} {r['steps_per_wall_s']:>13.0f} {r['us_per_seq_step']:>12.2f}"
-        )
+    if args.figure:
+        rows = figure(args.workers)
+    else:
+        rows = [run(args, False), run(args, True)]
+        print(f"{args.model} on {args.hardware} x{args.tp}, {args.dataset}, ", end="")
+        print(f"{args.rate} req/s, {args.duration:.0f} s")
+        print(f"{'accounting':>10} {'requests':>9} {'steps':>8} {'wall s':>7} {'req/wall s':>11} ", end="")
+        print(f"{'steps/wall s':>13} {'us/seq-step':>12}")
+        for r in rows:
+            print(
+                f"{'on' if r['track_memory'] else 'off':>10} {r['requests']:>9} {r['steps']:>8} "
+                f"{r['wall_s']:>7.2f} {r['requests_per_wall_s']:>11.0f} {r['steps_per_wall_s']:>13.0f} "
+                f"{r['us_per_seq_step']:>12.2f}"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=2)
