@@ -112,3 +112,45 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
     metrics["num_gpu_blocks"] = cap.num_gpu_blocks
     metrics["kv_slots"] = cap.num_slots
     return SimResult(metrics, groups, engine, cap, wall)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m harness.simulate: one simulated run, its metrics printed as a table."""
+    import argparse
+
+    from harness.workload import BUILTIN, synthetic
+
+    ap = argparse.ArgumentParser(description="Simulate one serving run (the paper's servers on a CPU).")
+    ap.add_argument("--model", default="opt-13b")
+    ap.add_argument("--hardware", default="a100-40gb")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    ap.add_argument("--dataset", default="sharegpt", choices=BUILTIN)
+    ap.add_argument("--rate", type=float, default=2.0, help="requests per second (Poisson)")
+    ap.add_argument("--duration", type=float, default=3600.0, help="trace length in seconds")
+    ap.add_argument("--n", type=int, default=1, help="parallel samples (or beam width with --beam)")
+    ap.add_argument("--beam", action="store_true")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--preemption-mode", default="auto", choices=("auto", "recompute", "swap"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    workload = synthetic(
+        args.dataset, args.rate, args.duration, args.seed, n=args.n, use_beam_search=args.beam
+    )
+    cfg = SimConfig(
+        model=args.model,
+        hardware=args.hardware,
+        tensor_parallel_size=args.tp,
+        block_size=args.block_size,
+        preemption_mode=args.preemption_mode,
+        seed=args.seed,
+    )
+    result = simulate(workload, cfg, progress=True)
+    setting = f"{args.dataset} at {args.rate} req/s for {args.duration:g} s"
+    print(f"{args.model} on {args.tp} x {args.hardware}, {setting}:")
+    for key, value in result.metrics.items():
+        print(f"  {key:<24} {value:.4g}" if isinstance(value, float) else f"  {key:<24} {value}")
+    print(f"  {'wall_s':<24} {result.wall_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
