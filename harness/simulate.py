@@ -13,19 +13,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from baselines.registry import build_system
 from harness.cost_model import CostModel
 from harness.kv_capacity import KVCapacity, kv_capacity
 from harness.metrics import summarize
 from harness.presets import GPUSpec, ModelSpec, load_hardware, load_model
 from harness.sim_executor import SimulatedExecutor
 from harness.workload import Workload
-from paged import BlockManager, CacheConfig, Engine, Scheduler, SchedulerConfig, SequenceGroup
+from paged import CacheConfig, Engine, Scheduler, SchedulerConfig, SequenceGroup
 
 
 @dataclass
 class SimConfig:
     """One simulated server. Defaults: the paper's OPT-13B server with vLLM's settings of the time."""
 
+    system: str = "vllm"  # vllm | orca_max | orca_pow2 | orca_oracle | fastertransformer
     model: str = "opt-13b"
     hardware: str = "a100-40gb"
     tensor_parallel_size: int = 1
@@ -40,6 +42,8 @@ class SimConfig:
     watermark: float = 0.01
     enable_prefix_caching: bool = False
     track_memory: bool = True  # Figure 2 accounting after every step
+    memory_every: int = 1  # ... or after every k-th step (an unbiased sample, k times cheaper)
+    ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     seed: int = 0
 
 
@@ -83,8 +87,14 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         enable_prefix_caching=cfg.enable_prefix_caching,
     )
     cost = CostModel(model, gpu, tp, cfg.block_size)
-    scheduler = Scheduler(sched_cfg, BlockManager(cache_cfg, max_model_len))
-    engine = Engine(scheduler, SimulatedExecutor(cost, seed=cfg.seed), track_memory=cfg.track_memory)
+    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
+    scheduler = Scheduler(sched_cfg, memory)
+    engine = Engine(
+        scheduler,
+        SimulatedExecutor(cost, seed=cfg.seed),
+        track_memory=cfg.track_memory,
+        memory_every=cfg.memory_every,
+    )
     return engine, cap, cost
 
 
@@ -118,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     """python -m harness.simulate: one simulated run, its metrics printed as a table."""
     import argparse
 
+    from baselines.registry import SYSTEMS
     from harness.workload import BUILTIN, synthetic
 
     ap = argparse.ArgumentParser(description="Simulate one serving run (the paper's servers on a CPU).")
+    ap.add_argument("--system", default="vllm", choices=SYSTEMS)
     ap.add_argument("--model", default="opt-13b")
     ap.add_argument("--hardware", default="a100-40gb")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
@@ -137,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dataset, args.rate, args.duration, args.seed, n=args.n, use_beam_search=args.beam
     )
     cfg = SimConfig(
+        system=args.system,
         model=args.model,
         hardware=args.hardware,
         tensor_parallel_size=args.tp,
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     result = simulate(workload, cfg, progress=True)
     setting = f"{args.dataset} at {args.rate} req/s for {args.duration:g} s"
-    print(f"{args.model} on {args.tp} x {args.hardware}, {setting}:")
+    print(f"{args.system}: {args.model} on {args.tp} x {args.hardware}, {setting}:")
     for key, value in result.metrics.items():
         print(f"  {key:<24} {value:.4g}" if isinstance(value, float) else f"  {key:<24} {value}")
     print(f"  {'wall_s':<24} {result.wall_s:.2f}")

@@ -323,14 +323,15 @@ class BlockManager:
         hashes.append(h)
         self.prefix_cache.insert(table[i], h, block_tokens)
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """The child shares every block of the parent (beam search, section 4.4)."""
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        """The child shares every block of the parent (beam search, section 4.4): nothing to copy."""
         table = self.block_tables[parent.seq_id]
         self.block_tables[child.seq_id] = list(table)
         for b in table:
             self.gpu.incref(b)
         if parent.seq_id in self.seq_block_hashes:
             self.seq_block_hashes[child.seq_id] = list(self.seq_block_hashes[parent.seq_id])
+        return []
 
     def free(self, seq: Sequence) -> None:
         table = self.block_tables.pop(seq.seq_id, None)

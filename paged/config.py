@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREEMPTION_MODES = ("auto", "recompute", "swap")
+BATCHING = ("iteration", "request")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -70,6 +71,9 @@ class SchedulerConfig:
     # recompute | swap | auto. auto is vLLM v0's rule: recompute single-sequence groups (cheaper),
     # swap multi-sequence groups (parallel samples, beams), whose shared blocks recompute would duplicate.
     preemption_mode: str = "auto"
+    # iteration: requests join and leave the batch at every step (Orca, vLLM). request: a batch is
+    # admitted only when the previous one has entirely finished (FasterTransformer).
+    batching: str = "iteration"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")

@@ -66,6 +66,7 @@ class Scheduler:
         self.running: list[SequenceGroup] = []
         self.swapped: list[SequenceGroup] = []
         self._running_sorted = True
+        self._pending_copies: list[tuple[int, int]] = []  # from forks, done before the next step
         self.num_preemptions = 0
         self.num_swapped_blocks = 0  # blocks moved out to host memory, summed over the run
 
@@ -79,7 +80,9 @@ class Scheduler:
     # ------------------------------------------------------------------ scheduling
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
-        if not self.swapped and self.waiting:
+        if self._pending_copies:
+            out.blocks_to_copy, self._pending_copies = self._pending_copies, []
+        if not self.swapped and self.waiting and not (self.config.batching == "request" and self.running):
             self._admit(out, now)
             if out.scheduled_groups:
                 out.is_prefill = True
@@ -300,18 +303,21 @@ class Scheduler:
         by_parent: dict[int, list[Sample]] = {}
         for s in samples:
             by_parent.setdefault(s.parent_seq_id, []).append(s)
-        grown = []
-        for parent in [s for s in seqs if s.status is _RUNNING]:
-            children = by_parent.get(parent.seq_id)
-            if not children:  # a beam that no candidate continues
-                parent.status = SequenceStatus.FINISHED_ABORTED
+        parents = [s for s in seqs if s.status is _RUNNING]
+        for parent in parents:
+            if parent.seq_id not in by_parent:  # a beam that no candidate continues: freed first,
+                parent.status = SequenceStatus.FINISHED_ABORTED  # so its memory can serve a fork
                 self.memory.free(parent)
                 seqs.remove(parent)
+        grown = []
+        for parent in parents:
+            children = by_parent.get(parent.seq_id)
+            if not children:
                 continue
             for sample in children[:-1]:
                 child = parent.fork(next_seq_id())
                 child.append_token(sample.token_id, sample.logprob, now)
-                self.memory.fork(parent, child)
+                self._pending_copies.extend(self.memory.fork(parent, child))
                 seqs.append(child)
                 grown.append(child)
             parent.append_token(children[-1].token_id, children[-1].logprob, now)

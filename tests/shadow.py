@@ -14,9 +14,12 @@ from paged import BlockManager, NullExecutor, SchedulerOutput, SequenceStatus
 
 
 class ShadowExecutor(NullExecutor):
-    def __init__(self, manager: BlockManager, **kwargs) -> None:
+    def __init__(self, manager: BlockManager, check_before_forward: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.manager = manager
+        # Check the histories of the step's sequences once its block operations are applied, just
+        # before the forward pass reads them (a contiguous baseline's fork copy lands only then).
+        self.check_before_forward = check_before_forward
         self.device: dict[tuple[int, int], tuple] = {}  # (block, offset) -> kv
         self.host: dict[tuple[int, int], tuple] = {}
         self.num_writes_into_shared = 0
@@ -35,28 +38,31 @@ class ShadowExecutor(NullExecutor):
         bs = m.block_size
         self._move_blocks(out.blocks_to_swap_out, self.device, self.host)
         self._move_blocks(out.blocks_to_swap_in, self.host, self.device)
-        holders = self._holders()
+        paged = isinstance(m, BlockManager)
+        holders = self._holders() if paged else {}
         batch = {s.seq_id for g in out.scheduled_groups for s in g.seqs}
         for src, dst in out.blocks_to_copy:
             # A decode copy-on-write target is private; a prompt-time copy (a shared prefix's last
             # block) may be shared by the siblings being admitted with it.
-            if out.is_prefill:
+            if paged and out.is_prefill:
                 assert set(holders[dst]) <= batch, "copy target already has readers"
-            else:
+            elif paged:
                 assert m.gpu.ref_counts[dst] == 1, "copy-on-write target must be private"
             self._move_blocks([(src, dst)], self.device, self.device)
+        if self.check_before_forward:
+            check_contents(m, self, out.scheduled_groups)
         writers = {}
         for group in out.scheduled_groups:
             for seq in group.seqs:
                 if seq.status is not SequenceStatus.RUNNING:
                     continue
-                table = m.block_tables[seq.seq_id]
+                table = m.get_block_table(seq)
                 assert len(table) * bs >= len(seq.token_ids), "no slot for the newest token"
                 for p in range(seq.num_computed_tokens, len(seq.token_ids)):
                     block = table[p // bs]
                     writers.setdefault(block, set()).add(seq.seq_id)
                     self.device[(block, p % bs)] = tuple(seq.token_ids[: p + 1])
-        for block in writers:
+        for block in writers if paged else ():
             if m.gpu.ref_counts[block] > 1:
                 # Only a prompt step may fill a shared block, and only one that every holder is
                 # filling in this same step (siblings admitted together, identical prompts, a shared
@@ -83,7 +89,7 @@ def check_contents(manager: BlockManager, executor: ShadowExecutor, groups) -> N
         for seq in group.seqs:
             if seq.status not in (SequenceStatus.RUNNING, SequenceStatus.SWAPPED):
                 continue
-            table = manager.block_tables[seq.seq_id]
+            table = manager.get_block_table(seq)
             store = executor.host if seq.status is SequenceStatus.SWAPPED else executor.device
             for p in range(seq.num_computed_tokens):
                 got = store.get((table[p // bs], p % bs))

@@ -1,0 +1,192 @@
+"""Contiguous KV allocation, the way the paper's baselines manage memory (section 3, Figure 3).
+
+Each sequence gets, at admission, one contiguous chunk big enough for its prompt and the output it
+may produce (how much is the reservation rule: `reserved_output`, one small subclass per system). The
+chunk is the next power of two of token slots (a buddy allocator, capped at the model's maximum length),
+so nothing is shared: a request's n sequences each hold a chunk and compute their prompt into it; a
+forked beam gets a chunk of its own and a copy of its parent's keys and values.
+
+The arena is the paged cache's memory viewed as consecutive blocks: a chunk is 2^k blocks at an
+aligned block address, so the same kernels read it through an ordinary block table.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from baselines.buddy import BuddyAllocator, order_for
+from paged.config import CacheConfig
+from paged.memory import AllocPlan, AllocStatus, MemoryUsage
+from paged.sequence import Sequence, SequenceGroup, SequenceStatus
+
+_RUNNING, _WAITING = SequenceStatus.RUNNING, SequenceStatus.WAITING
+
+
+def next_pow2(n: int) -> int:
+    return 1 << order_for(max(n, 1))
+
+
+class ContiguousManager(abc.ABC):
+    """A KVCacheManager with one buddy-allocated chunk per sequence. Subclasses set the reservation."""
+
+    name = "contiguous"
+
+    def __init__(self, cache_config: CacheConfig, max_model_len: int) -> None:
+        bs = cache_config.block_size
+        if bs & (bs - 1):
+            raise ValueError(f"contiguous baselines need a power-of-two block_size, got {bs}")
+        self.block_size = bs
+        self.max_model_len = max_model_len
+        self.num_total_slots = cache_config.num_gpu_slots
+        self.max_chunk_tokens = next_pow2(max_model_len)
+        self.arena = BuddyAllocator(cache_config.num_gpu_blocks, self._order(self.max_chunk_tokens))
+        # How many chunks of each order an empty arena holds: the NEVER test.
+        self._capacity = [
+            sum(len(self.arena.free_lists[k]) << (k - o) for k in range(o, self.arena.max_order + 1))
+            for o in range(self.arena.max_order + 1)
+        ]
+        self.chunks: dict[int, tuple[int, int]] = {}  # seq_id -> (block address, order)
+        self.reserved: dict[int, int] = {}  # seq_id -> token slots its reservation asked for
+        self._blocked_order = -1  # order of the chunk the head of the queue waits for, if any
+
+    # ------------------------------------------------------------------ reservation rule
+    @abc.abstractmethod
+    def reserved_output(self, group: SequenceGroup) -> int:
+        """Output tokens to reserve for each sequence of the group (each baseline's own rule)."""
+
+    def _reservation(self, group: SequenceGroup, seq: Sequence) -> int:
+        """Token slots a sequence asks for: its current tokens plus the reserved output, capped."""
+        return min(seq.num_prompt_tokens + self.reserved_output(group), self.max_model_len)
+
+    def _order(self, tokens: int) -> int:
+        chunk_tokens = min(next_pow2(tokens), self.max_chunk_tokens)
+        return order_for(max(1, chunk_tokens // self.block_size))
+
+    # ------------------------------------------------------------------ admission
+    def can_allocate(self, group: SequenceGroup) -> AllocPlan:
+        seqs = group.get_seqs(_WAITING)
+        need = max(self._reservation(group, s) for s in seqs)
+        need = max(need, max(len(s.token_ids) for s in seqs))
+        order = self._order(need)
+        if len(seqs) > self._capacity[order]:
+            return AllocPlan(
+                AllocStatus.NEVER,
+                reason=(
+                    f"{len(seqs)} chunks of {(1 << order) * self.block_size} slots cannot fit in the "
+                    f"{self.num_total_slots}-slot arena; give the KV cache more memory or lower n"
+                ),
+            )
+        num_tokens = sum(len(s.token_ids) for s in seqs)  # no sharing: each computes its prompt
+        placed = []
+        for _ in seqs:
+            address = self.arena.allocate(order)
+            if address is None:
+                break
+            placed.append(address)
+        for address in placed:  # a dry run: give them back
+            self.arena.free(address)
+        if len(placed) < len(seqs):
+            # Free chunks smaller than this one are of no use to the head of the queue: external
+            # fragmentation until something is admitted.
+            self._blocked_order = order
+            return AllocPlan(AllocStatus.LATER, num_new_tokens=num_tokens, detail=order)
+        return AllocPlan(AllocStatus.OK, num_new_tokens=num_tokens, detail=order)
+
+    def allocate(self, group: SequenceGroup, plan: AllocPlan) -> list[tuple[int, int]]:
+        order = plan.detail
+        for seq in group.get_seqs(_WAITING):
+            self.chunks[seq.seq_id] = (self.arena.allocate(order), order)
+            self.reserved[seq.seq_id] = min(
+                max(self._reservation(group, seq), len(seq.token_ids)), (1 << order) * self.block_size
+            )
+            seq.num_computed_tokens = 0
+        self._blocked_order = -1
+        return []
+
+    def mark_computed(self, group: SequenceGroup) -> None:
+        return None
+
+    # ------------------------------------------------------------------ decoding
+    def _capacity_of(self, seq: Sequence) -> int:
+        return (1 << self.chunks[seq.seq_id][1]) * self.block_size
+
+    def can_append_slots(self, group: SequenceGroup) -> bool:
+        # The chunk was reserved up front; a sequence outgrows it only if its reservation was short.
+        return all(len(s.token_ids) <= self._capacity_of(s) for s in group.seqs if s.status is _RUNNING)
+
+    def append_slot(self, seq: Sequence) -> tuple[int, int] | None:
+        return None
+
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        """A new beam gets a chunk like its parent's and a copy of the blocks its parent filled."""
+        address, order = self.chunks[parent.seq_id]
+        new = self.arena.allocate(order)
+        if new is None:
+            raise RuntimeError(
+                "no room to fork a beam; the scheduler frees losing beams before forking, so a "
+                "chunk of this size should be free"
+            )
+        self.chunks[child.seq_id] = (new, order)
+        self.reserved[child.seq_id] = self.reserved[parent.seq_id]
+        filled = -(-parent.num_computed_tokens // self.block_size)
+        return [(address + i, new + i) for i in range(filled)]
+
+    def free(self, seq: Sequence) -> None:
+        chunk = self.chunks.pop(seq.seq_id, None)
+        self.reserved.pop(seq.seq_id, None)
+        if chunk is not None:
+            self.arena.free(chunk[0])
+
+    # ------------------------------------------------------------------ no swapping (Orca, FT)
+    def can_swap_out(self, group: SequenceGroup) -> bool:
+        return False
+
+    def swap_out(self, group: SequenceGroup) -> dict[int, int]:
+        raise RuntimeError("contiguous baselines do not swap")
+
+    def can_swap_in(self, group: SequenceGroup) -> bool:
+        return False
+
+    def swap_in(self, group: SequenceGroup) -> dict[int, int]:
+        raise RuntimeError("contiguous baselines do not swap")
+
+    # ------------------------------------------------------------------ accounting (Figure 2)
+    def get_block_table(self, seq: Sequence) -> list[int]:
+        address, order = self.chunks[seq.seq_id]
+        return list(range(address, address + (1 << order)))
+
+    def _held(self, running: list[SequenceGroup]):
+        """(chunk slots, reserved, tokens computed, final KV tokens) of every chunk held."""
+        for group in running:
+            final = min(group.max_seq_len, self.max_model_len) - 1
+            for seq in group.seqs:
+                if seq.seq_id in self.chunks:
+                    yield self._capacity_of(seq), self.reserved[seq.seq_id], seq.num_computed_tokens, final
+
+    def usage(self, running: list[SequenceGroup]) -> MemoryUsage:
+        """Per chunk: computed tokens are token states; reserved slots the sequence will still fill are
+        reservation; reserved slots it never will are internal fragmentation; the buddy round-up
+        beyond the reservation, plus free chunks smaller than the last chunk that could not be placed,
+        are external fragmentation and others (Figure 2)."""
+        bs = self.block_size
+        usage = MemoryUsage(total=self.num_total_slots)
+        held = 0
+        for capacity, reserved, computed, final in self._held(running):
+            will_use = max(min(reserved, final), computed)
+            usage.token_states += computed
+            usage.reservation += will_use - computed
+            usage.internal_fragmentation += reserved - will_use
+            usage.external_fragmentation += capacity - reserved
+            held += capacity
+        # Chunks still held by sequences no longer running (FasterTransformer keeps a batch's
+        # memory until the batch ends): reserved, never to be used again.
+        orphan = (self.arena.num_units - self.arena.num_free) * bs - held
+        usage.internal_fragmentation += orphan
+        usage.physical_blocks = usage.logical_blocks = self.arena.num_units - self.arena.num_free
+        for _, order in self.arena.free_chunks():
+            slots = (1 << order) * bs
+            if order < self._blocked_order:
+                usage.external_fragmentation += slots
+            else:
+                usage.free += slots
+        return usage
