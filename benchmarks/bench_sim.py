@@ -8,6 +8,7 @@ memory accounting.
     python benchmarks/bench_sim.py
     python benchmarks/bench_sim.py --rate 4 --duration 600 --json out.json
     python benchmarks/bench_sim.py --profile          # cProfile's top functions
+    python benchmarks/bench_sim.py --figure           # all of Figure 12: 6 panels x 5 systems x 8 rates
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import pstats
 import time
 
+from baselines import SYSTEMS
 from harness.simulate import SimConfig, simulate
 from harness.workload import synthetic
 
@@ -59,11 +61,13 @@ PANELS = [
 
 
 def _point(job) -> dict:
-    dataset, model, gpu, tp, duration, rate = job
+    system, dataset, model, gpu, tp, duration, rate = job
     t0 = time.perf_counter()
     w = synthetic(dataset, rate=rate, duration_s=duration, seed=0)
-    r = simulate(w, SimConfig(model=model, hardware=gpu, tensor_parallel_size=tp, track_memory=False))
+    cfg = SimConfig(system=system, model=model, hardware=gpu, tensor_parallel_size=tp, track_memory=False)
+    r = simulate(w, cfg)
     return {
+        "system": system,
         "dataset": dataset,
         "model": model,
         "rate": rate,
@@ -73,20 +77,28 @@ def _point(job) -> dict:
     }
 
 
-def figure(workers: int) -> list[dict]:
-    """All points of Figure 12 for vLLM, `workers` processes; prints per-panel and total wall time."""
+def figure(workers: int, systems: list[str]) -> list[dict]:
+    """All points of Figure 12 for the given systems on `workers` processes; prints each curve's
+    normalized latency by rate, CPU seconds per curve and the total wall time."""
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = [(d, m, g, tp, dur, rate) for d, m, g, tp, dur, rates in PANELS for rate in rates]
+    jobs = [
+        (s, d, m, g, tp, dur, rate) for d, m, g, tp, dur, rates in PANELS for s in systems for rate in rates
+    ]
+    jobs.sort(key=lambda j: -j[5] * j[6])  # longest first: better packing on few workers
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         rows = list(pool.map(_point, jobs))
     total = time.perf_counter() - t0
     for d, m, *_ in PANELS:
-        pts = [r for r in rows if r["dataset"] == d and r["model"] == m]
-        lat = " ".join(f"{r['rate']:g}:{r['normalized_latency']:.3f}" for r in pts)
-        print(f"{d:>8} {m:>8}: {sum(r['wall_s'] for r in pts):6.1f} cpu-s  rate:s/token {lat}")
-    print(f"{len(rows)} points (vLLM only), {workers} processes: {total:.1f} s wall")
+        for s in systems:
+            pts = sorted(
+                (r for r in rows if (r["dataset"], r["model"], r["system"]) == (d, m, s)),
+                key=lambda r: r["rate"],
+            )
+            lat = " ".join(f"{r['rate']:g}:{r['normalized_latency']:.3f}" for r in pts)
+            print(f"{d:>8} {m:>8} {s:>17}: {sum(r['wall_s'] for r in pts):6.1f} cpu-s  rate:s/token {lat}")
+    print(f"{len(rows)} points ({', '.join(systems)}), {workers} processes: {total:.1f} s wall")
     return rows
 
 
@@ -103,6 +115,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--figure", action="store_true", help="time the six panels of Figure 12 (vLLM)")
     ap.add_argument("--workers", type=int, default=2, help="processes for --figure")
+    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="systems for --figure")
     args = ap.parse_args()
     if args.profile:
         prof = cProfile.Profile()
@@ -112,7 +125,7 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
         return
     if args.figure:
-        rows = figure(args.workers)
+        rows = figure(args.workers, args.systems)
     else:
         rows = [run(args, False), run(args, True)]
         print(f"{args.model} on {args.hardware} x{args.tp}, {args.dataset}, ", end="")
