@@ -111,23 +111,22 @@ def arrival_times(
     rate: float, duration_s: float, rng: np.random.Generator, burstiness: float = 1.0
 ) -> np.ndarray:
     """Arrival times in [0, duration_s): gaps ~ Gamma(shape=burstiness, mean=1/rate) (vLLM's
-    benchmark; burstiness 1 is a Poisson process, below 1 burstier). rate=inf: all at t=0 is not a
-    time-bounded trace; use num_requests with offline_arrivals instead."""
+    benchmark; burstiness 1 is a Poisson process, below 1 burstier). The gaps are unit-rate draws
+    divided by the rate, in fixed-size batches: with one seed, the trace at rate 2r is the trace at
+    rate r with every time halved, so a rate sweep replays the same requests, only closer together."""
     if rate <= 0 or not math.isfinite(rate):
         raise WorkloadError(f"request rate must be a positive number of requests/s, got {rate}")
     if burstiness <= 0:
         raise WorkloadError(f"burstiness must be > 0 (1 = Poisson), got {burstiness}")
-    expected = rate * duration_s
-    times: list[float] = []
+    chunks = []
     t = 0.0
-    batch = max(16, int(expected * 1.2) + 16)
-    while True:
-        gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=batch)
-        for g in gaps:
-            t += g
-            if t >= duration_s:
-                return np.asarray(times)
-            times.append(t)
+    while t < duration_s:
+        gaps = rng.gamma(shape=burstiness, scale=1.0 / burstiness, size=4096) / rate
+        times = t + np.cumsum(gaps)
+        chunks.append(times)
+        t = float(times[-1])
+    times = np.concatenate(chunks)
+    return times[times < duration_s]
 
 
 # ---------------------------------------------------------------------- lengths
@@ -147,7 +146,9 @@ MIN_LEN = {"sharegpt": 4, "alpaca": 1, "chatbot": 1}
 
 
 def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """num (prompt, output) length pairs from a built-in distribution, after vLLM's filter."""
+    """num (prompt, output) length pairs from a built-in distribution, after its filter. Candidates are
+    drawn in fixed-size batches, so the first k pairs do not depend on num: a longer trace extends a
+    shorter one with the same seed."""
     if dataset not in BUILTIN:
         raise WorkloadError(f"unknown built-in dataset {dataset!r}: choose one of {', '.join(BUILTIN)}")
     t = _tables()
@@ -156,9 +157,8 @@ def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np
     prompts, outputs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     have = 0
     while have < num:
-        k = max(2 * (num - have), 64)
-        p = np.rint(np.interp(rng.random(k), q, table["prompt"]) * table["prompt_scale"]).astype(np.int64)
-        o = np.rint(np.interp(rng.random(k), q, table["output"]) * table["output_scale"]).astype(np.int64)
+        p = np.rint(np.interp(rng.random(4096), q, table["prompt"]) * table["prompt_scale"]).astype(np.int64)
+        o = np.rint(np.interp(rng.random(4096), q, table["output"]) * table["output_scale"]).astype(np.int64)
         keep = vllm_filter(p, o, MIN_LEN[dataset])
         prompts.append(p[keep])
         outputs.append(o[keep])
@@ -179,12 +179,12 @@ def synthetic(
 ) -> Workload:
     """Requests with built-in lengths arriving at `rate` for `duration_s` seconds (or, with
     num_requests, exactly that many, all at t=0: vLLM's offline throughput setting)."""
-    rng = np.random.default_rng(seed)
+    # Separate streams for times and lengths: request i has the same lengths at every rate.
     if num_requests is not None:
         times = np.zeros(num_requests)
     else:
-        times = arrival_times(rate, duration_s, rng, burstiness)
-    prompts, outputs = sample_lengths(dataset, len(times), rng)
+        times = arrival_times(rate, duration_s, np.random.default_rng([seed, 1]), burstiness)
+    prompts, outputs = sample_lengths(dataset, len(times), np.random.default_rng([seed, 2]))
     requests = [
         Request(str(i), float(t), int(p), int(o), n=n, use_beam_search=use_beam_search)
         for i, (t, p, o) in enumerate(zip(times, prompts, outputs))

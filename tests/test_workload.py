@@ -132,3 +132,11 @@ def test_workload_file_errors_name_the_line(tmp_path):
     )
     with pytest.raises(WorkloadError, match=r"w.jsonl:3: not valid JSON"):
         Workload.load(path)
+
+
+def test_a_faster_rate_replays_the_same_requests_closer_together():
+    slow, fast = synthetic("sharegpt", 1.0, 600, seed=5), synthetic("sharegpt", 2.0, 600, seed=5)
+    assert len(fast) > len(slow)
+    for a, b in zip(slow.requests, fast.requests):
+        assert (a.prompt_len, a.output_len) == (b.prompt_len, b.output_len)
+        assert b.arrival_time == pytest.approx(a.arrival_time / 2)

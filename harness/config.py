@@ -1,0 +1,119 @@
+"""The harness's typed configuration: the schema Hydra checks every preset and override against.
+
+Dataclasses with help text are the schema (registered in Hydra's ConfigStore by `register()`); the YAML
+files in conf/ are presets. An unknown key or a wrongly typed value fails in Hydra with its own error
+message before anything runs. Only this module and harness/__main__.py import Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+ALL_SYSTEMS = ["vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]
+# Parameters a sweep may vary besides system and request rate, and where each lives.
+SWEEPABLE = {
+    "block_size": "system.block_size",
+    "preemption_mode": "system.preemption_mode",
+    "n": "workload.n",
+    "beam_width": "workload.n",  # with workload.use_beam_search
+    "prefix_len": "workload.prefix_len",
+}
+
+
+@dataclass
+class ModelConf:
+    """Transformer dimensions with transformers' config names (conf/model/*.yaml)."""
+
+    name: str = MISSING
+    family: str = MISSING  # opt | llama
+    num_hidden_layers: int = MISSING
+    hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_key_value_heads: int = MISSING
+    vocab_size: int = MISSING
+    max_position_embeddings: int = MISSING
+    ffn_dim: int = 0  # OPT's MLP width
+    intermediate_size: int = 0  # LLaMA's MLP width
+    dtype_bytes: int = 2  # fp16
+
+
+@dataclass
+class HardwareConf:
+    """One GPU's datasheet numbers (conf/hardware/*.yaml cites them)."""
+
+    name: str = MISSING
+    memory_gib: float = MISSING
+    hbm_bandwidth_gbps: float = MISSING
+    peak_fp16_tflops: float = MISSING
+    nvlink_gbps: float = MISSING
+    pcie_gbps: float = MISSING
+    calibration: str = MISSING  # a100 | h100: which operator profiles apply
+
+
+@dataclass
+class WorkloadConf:
+    """Which requests arrive (docs/workloads.md)."""
+
+    kind: str = "synthetic"  # synthetic | shared_prefix | chatbot | lengths_csv | trace_csv
+    dataset: str = "sharegpt"  # built-in lengths: sharegpt | alpaca | chatbot
+    path: str | None = None  # a user's CSV for lengths_csv / trace_csv
+    seed: int = 0
+    burstiness: float = 1.0  # gamma shape of the gaps; 1 = Poisson
+    n: int = 1  # parallel samples, or the beam width with use_beam_search
+    use_beam_search: bool = False
+    prefix_len: int = 0  # shared_prefix: tokens every prompt starts with
+
+
+@dataclass
+class SystemConf:
+    """Serving-engine settings shared by every system (conf/system/*.yaml)."""
+
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.95
+    runtime_reserve_gib: float = 1.5
+    swap_space_gib: float = 4.0
+    max_num_batched_tokens: int = 2560
+    max_num_seqs: int = 256
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    preemption_mode: str = "auto"  # auto | recompute | swap
+    watermark: float = 0.01
+    enable_prefix_caching: bool = False
+    ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
+
+
+@dataclass
+class BackendConf:
+    name: str = "sim"  # sim: the cost model; real: the model runner
+
+
+@dataclass
+class Config:
+    """One experiment: a grid of points (system x request rate x sweep values), each a full run."""
+
+    name: str = "default"  # results go to <results_dir>/<name>/<timestamp>/
+    model: ModelConf = MISSING
+    hardware: HardwareConf = MISSING
+    workload: WorkloadConf = field(default_factory=WorkloadConf)
+    system: SystemConf = field(default_factory=SystemConf)
+    backend: BackendConf = field(default_factory=BackendConf)
+    tensor_parallel_size: int = 1
+    systems: list[str] = field(default_factory=lambda: list(ALL_SYSTEMS))
+    request_rates: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    duration_s: float = 3600.0  # trace length
+    sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE
+    capacity_threshold: float = 0.5  # s/token: capacity is the highest rate below it
+    memory_every: int = 4  # Figure 2 accounting every k-th step (an unbiased sample)
+    results_dir: str = "results"
+    resume: bool = True  # continue the latest unfinished run of the same configuration
+    workers: int = 0  # processes running points in parallel; 0: one per CPU core
+    plots: bool = True
+    plot_ymax: float = 1.0  # y-axis cap of latency plots, s/token (the paper's Figure 12 style)
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)

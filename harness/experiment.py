@@ -1,0 +1,300 @@
+"""Run an experiment: every point of its grid (system x request rate x sweep values), written as it
+finishes, then the capacity table and the plots. Takes the plain `harness.config.Config`; Hydra stays in
+harness/__main__.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from baselines import SYSTEMS
+from harness.capacity import capacity
+from harness.config import SWEEPABLE, Config
+from harness.presets import GPUSpec, ModelSpec
+from harness.results import (
+    POINT_COLUMNS,
+    REQUEST_COLUMNS,
+    atomic_write,
+    open_run_dir,
+    read_csv,
+    request_rows,
+    write_csv,
+)
+from harness.simulate import SimConfig, simulate
+from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
+
+
+class ExperimentError(ValueError):
+    """An impossible experiment: one sentence that names the fix."""
+
+
+@dataclass(frozen=True)
+class Point:
+    system: str
+    rate: float
+    params: tuple[tuple[str, object], ...]  # sweep values, in the order of cfg.sweep
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (self.system, _fmt(self.rate)) + tuple(_fmt(v) for _, v in self.params)
+
+    @property
+    def slug(self) -> str:
+        extra = "".join(f"_{k}={v}" for k, v in self.params)
+        return f"{self.system}_rate={_fmt(self.rate)}{extra}"
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def validate(cfg: Config) -> None:
+    """Impossible combinations fail here, each with one sentence naming the fix."""
+    if cfg.backend.name != "sim":
+        raise ExperimentError(
+            f"backend={cfg.backend.name} needs the real model runner, which pagelab does not have yet "
+            "(the real-engine issue); run with backend=sim"
+        )
+    unknown = [s for s in cfg.systems if s not in SYSTEMS]
+    if unknown:
+        raise ExperimentError(f"unknown system(s) {unknown}: choose from {', '.join(SYSTEMS)}")
+    if not cfg.systems or not cfg.request_rates:
+        raise ExperimentError("systems and request_rates must each list at least one value")
+    if any(not r > 0 for r in cfg.request_rates):
+        raise ExperimentError(f"request_rates must be positive req/s, got {list(cfg.request_rates)}")
+    if cfg.duration_s <= 0:
+        raise ExperimentError(f"duration_s must be positive, got {cfg.duration_s}")
+    for key, values in cfg.sweep.items():
+        if key not in SWEEPABLE:
+            raise ExperimentError(f"cannot sweep {key!r}: sweepable parameters are {', '.join(SWEEPABLE)}")
+        if not values:
+            raise ExperimentError(f"sweep.{key} lists no values")
+    block_sizes = cfg.sweep.get("block_size", [cfg.system.block_size])
+    for bs in block_sizes:
+        if not isinstance(bs, int) or bs < 1:
+            raise ExperimentError(f"block_size must be a positive number of tokens, got {bs!r}; try 16")
+        if bs & (bs - 1) and any(s != "vllm" for s in cfg.systems):
+            raise ExperimentError(
+                f"block_size {bs} is not a power of two, which the contiguous baselines need"
+            )
+
+
+def points(cfg: Config) -> list[Point]:
+    keys = list(cfg.sweep)
+    grid = list(itertools.product(*(cfg.sweep[k] for k in keys))) or [()]
+    return [
+        Point(system, float(rate), tuple(zip(keys, values)))
+        for values in grid
+        for system in cfg.systems
+        for rate in cfg.request_rates
+    ]
+
+
+def _apply(cfg: Config, params) -> Config:
+    """The config with a point's sweep values filled in."""
+    system, workload = cfg.system, cfg.workload
+    for key, value in params:
+        if key == "block_size":
+            system = replace(system, block_size=int(value))
+        elif key == "preemption_mode":
+            system = replace(system, preemption_mode=str(value))
+        elif key in ("n", "beam_width"):
+            workload = replace(
+                workload, n=int(value), use_beam_search=key == "beam_width" or workload.use_beam_search
+            )
+        elif key == "prefix_len":
+            workload = replace(workload, prefix_len=int(value))
+    return replace(cfg, system=system, workload=workload)
+
+
+def make_workload(cfg: Config, rate: float) -> Workload:
+    w = cfg.workload
+    if w.kind == "synthetic":
+        return synthetic(
+            w.dataset, rate, cfg.duration_s, w.seed, w.burstiness, n=w.n, use_beam_search=w.use_beam_search
+        )
+    if w.kind == "shared_prefix":
+        if w.prefix_len < 1:
+            raise ExperimentError("workload.kind=shared_prefix needs workload.prefix_len >= 1 (e.g. 80)")
+        return shared_prefix(w.prefix_len, rate, cfg.duration_s, w.seed, task_dataset=w.dataset)
+    if w.kind == "chatbot":
+        return chatbot(rate, cfg.duration_s, w.seed)
+    if w.kind in ("lengths_csv", "trace_csv"):
+        if not w.path:
+            raise ExperimentError(f"workload.kind={w.kind} needs workload.path=<your file>")
+        if w.kind == "lengths_csv":
+            return load_lengths_csv(w.path, rate, cfg.duration_s, w.seed)
+        return load_trace_csv(w.path)
+    raise ExperimentError(
+        f"unknown workload.kind {w.kind!r}: use synthetic, shared_prefix, chatbot, lengths_csv or trace_csv"
+    )
+
+
+def sim_config(cfg: Config, system: str) -> SimConfig:
+    s = cfg.system
+    return SimConfig(
+        system=system,
+        model=ModelSpec(**asdict(cfg.model)),
+        hardware=GPUSpec(**asdict(cfg.hardware)),
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        block_size=s.block_size,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        runtime_reserve_gib=s.runtime_reserve_gib,
+        swap_space_gib=s.swap_space_gib,
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        max_num_seqs=s.max_num_seqs,
+        max_model_len=s.max_model_len,
+        preemption_mode=s.preemption_mode,
+        watermark=s.watermark,
+        enable_prefix_caching=s.enable_prefix_caching,
+        ft_batch_size=s.ft_batch_size,
+        track_memory=True,
+        memory_every=cfg.memory_every,
+        seed=cfg.workload.seed,
+    )
+
+
+def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict]]:
+    """One simulated run: its points.csv row and its per-request records."""
+    pcfg = _apply(cfg, point.params)
+    workload = make_workload(pcfg, point.rate)
+    t0 = time.perf_counter()
+    result = simulate(workload, sim_config(pcfg, point.system))
+    row = {"system": point.system, "request_rate": point.rate, **dict(point.params), **result.metrics}
+    row["wall_s"] = time.perf_counter() - t0
+    return row, request_rows(result.groups)
+
+
+def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path:
+    """Run (or resume) the experiment; returns its run directory."""
+    validate(cfg)
+    grid = points(cfg)
+    # Check the first point's setup (model fits the GPU, workload file readable) before writing anything.
+    _probe(cfg, grid[0])
+    run_dir, resumed = open_run_dir(cfg.results_dir, cfg.name, config_yaml, cfg.resume)
+    base = make_workload(_apply(cfg, grid[0].params), max(cfg.request_rates))
+    if not (run_dir / "workload.jsonl").exists():
+        base.save(run_dir / "workload.jsonl")  # the highest rate's trace; lower rates stretch its times
+    rows = read_csv(run_dir / "points.csv")
+    done = {tuple(r[c] for c in ["system", "request_rate", *cfg.sweep]) for r in rows}
+    todo = [p for p in grid if p.key not in done]
+    columns = (
+        POINT_COLUMNS
+        + [k for k in cfg.sweep]
+        + [
+            "num_completed",
+            "num_rejected",
+            "sharing_saving_pct",
+            "kv_free_pct",
+            "num_steps",
+            "num_gpu_blocks",
+            "kv_slots",
+            "mean_itl_ms",
+            "p99_itl_ms",
+            "median_tpot_ms",
+            "median_e2el_ms",
+            "mean_queue_ms",
+            "wall_s",
+        ]
+    )
+    if resumed:
+        print(f"resuming {run_dir}: {len(grid) - len(todo)} of {len(grid)} points already done")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), unit="point", desc=cfg.name)
+
+    def finish(point: Point, row: dict, requests: list[dict]) -> None:
+        write_csv(run_dir / "requests" / f"{point.slug}.csv", requests, REQUEST_COLUMNS)
+        rows.append({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
+        write_csv(run_dir / "points.csv", rows, columns)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(
+                f"{point.system} {_fmt(point.rate)} req/s: {row['normalized_latency']:.3f} s/tok"
+            )
+
+    workers = cfg.workers or os.cpu_count() or 1
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # Longest points first (highest rate, then slowest systems) pack best on few workers; rows are
+        # written in the order points finish.
+        todo.sort(key=lambda p: -p.rate)
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(run_point, cfg, p): p for p in todo}
+            for future in as_completed(futures):
+                finish(futures[future], *future.result())
+    else:
+        for point in todo:
+            finish(point, *run_point(cfg, point))
+    if bar is not None:
+        bar.close()
+
+    cap_rows = capacity_table(rows, cfg)
+    write_csv(run_dir / "capacity.csv", cap_rows, ["system", *cfg.sweep, "capacity_rps", "ratio_to_vllm"])
+    if cfg.plots:
+        from harness.plots import plot_run
+
+        plot_run(run_dir, rows, cap_rows, cfg)
+    atomic_write(run_dir / "DONE", "")
+    print_capacity(cap_rows, cfg, run_dir)
+    return run_dir
+
+
+def _probe(cfg: Config, point: Point) -> None:
+    from harness.simulate import build
+
+    build(sim_config(_apply(cfg, point.params), point.system))
+    make_workload(_apply(cfg, point.params), point.rate)
+
+
+def capacity_table(rows: list[dict], cfg: Config) -> list[dict]:
+    keys = list(cfg.sweep)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["system"], *(r[k] for k in keys)), []).append(r)
+    table = []
+    for (system, *values), pts in groups.items():
+        cap = capacity(
+            [float(p["request_rate"]) for p in pts],
+            [float(p["normalized_latency"]) for p in pts],
+            cfg.capacity_threshold,
+        )
+        table.append({"system": system, **dict(zip(keys, values)), "capacity_rps": cap})
+    for row in table:
+        ref = next(
+            (t for t in table if t["system"] == "vllm" and all(t[k] == row[k] for k in keys)),
+            None,
+        )
+        ratio = row["capacity_rps"] / ref["capacity_rps"] if ref and ref["capacity_rps"] else float("nan")
+        row["ratio_to_vllm"] = ratio
+    order = {s: i for i, s in enumerate(SYSTEMS)}
+    table.sort(key=lambda t: (tuple(str(t[k]) for k in keys), order.get(t["system"], 99)))
+    for t in table:
+        t["capacity_rps"] = _round(t["capacity_rps"])
+        t["ratio_to_vllm"] = _round(t["ratio_to_vllm"])
+    return table
+
+
+def _round(x: float) -> float:
+    return x if math.isnan(x) else round(x, 4)
+
+
+def print_capacity(table: list[dict], cfg: Config, run_dir: Path) -> None:
+    keys = list(cfg.sweep)
+    print(f"\ncapacity at {cfg.capacity_threshold} s/token (req/s; vLLM / system):")
+    for t in table:
+        extra = " ".join(f"{k}={t[k]}" for k in keys)
+        ratio = t["ratio_to_vllm"]
+        vs = (
+            f"  vLLM is {1 / ratio:.2f}x" if ratio and not math.isnan(ratio) and t["system"] != "vllm" else ""
+        )
+        print(f"  {t['system']:<18} {extra:<20} {t['capacity_rps']:>8}{vs}")
+    print(f"results: {run_dir}")

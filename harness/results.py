@@ -1,0 +1,164 @@
+"""The results contract (results/README.md): a run directory, its files, atomic point-by-point writes.
+
+    results/<exp>/<timestamp>/   config.yaml, env.json, workload.jsonl, points.csv, capacity.csv,
+                                 requests/<point>.csv, *.png, DONE
+    results/<exp>/latest -> <timestamp>
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never leaves a
+half-written file; points.csv gains one row per finished point, and a re-run of the same configuration
+continues the latest unfinished run, skipping its finished points.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+POINT_COLUMNS = [
+    "system",
+    "request_rate",
+    "num_requests",
+    "duration_s",
+    "request_throughput",
+    "output_throughput",
+    "total_token_throughput",
+    "normalized_latency",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "p99_tpot_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
+    "avg_batched_requests",
+    "kv_token_states_pct",
+    "kv_reservation_pct",
+    "kv_internal_frag_pct",
+    "kv_external_frag_pct",
+    "num_preemptions",
+    "num_swapped_blocks",
+]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def environment() -> dict:
+    """Versions, machine and git commit, for env.json."""
+    import numpy
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    versions = {"python": sys.version.split()[0], "numpy": numpy.__version__, "torch": torch.__version__}
+    for name in ("hydra", "omegaconf", "pandas", "matplotlib"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return {
+        "versions": versions,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def open_run_dir(results_dir: str, name: str, config_yaml: str, resume: bool) -> tuple[Path, bool]:
+    """The run directory: the latest one when it holds this very configuration and is unfinished
+    (resume), else a new timestamped one. Returns (path, resumed)."""
+    base = Path(results_dir) / name
+    base.mkdir(parents=True, exist_ok=True)
+    latest = base / "latest"
+    if resume and latest.is_dir():
+        previous = latest.resolve()
+        config = previous / "config.yaml"
+        if config.is_file() and config.read_text() == config_yaml and not (previous / "DONE").exists():
+            return previous, True
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run, suffix = base / stamp, 1
+    while True:  # parallel jobs (Hydra multirun) may start in the same second
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            run, suffix = base / f"{stamp}-{suffix}", suffix + 1
+    (run / "requests").mkdir()
+    atomic_write(run / "config.yaml", config_yaml)
+    atomic_write(run / "env.json", json.dumps(environment(), indent=2) + "\n")
+    tmp_link = base / "latest.tmp"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    tmp_link.symlink_to(run.name)
+    os.replace(tmp_link, latest)
+    return run, False
+
+
+def request_rows(groups) -> list[dict]:
+    """Per-request records with every timestamp (seconds on the engine clock)."""
+    rows = []
+    for g in groups:
+        m = g.metrics
+        rows.append(
+            {
+                "request_id": g.request_id,
+                "arrival_time": m.arrival_time,
+                "first_scheduled_time": m.first_scheduled_time,
+                "first_token_time": m.first_token_time,
+                "finished_time": m.finished_time,
+                "prompt_len": g.num_prompt_tokens,
+                "output_len": max(s.num_output_tokens for s in g.seqs),
+                "num_seqs": len(g.seqs),
+                "num_preemptions": len(m.preemption_times),
+                "num_swaps": m.num_swaps,
+                "rejected": g.reject_reason or "",
+            }
+        )
+    return rows
+
+
+REQUEST_COLUMNS = [
+    "request_id",
+    "arrival_time",
+    "first_scheduled_time",
+    "first_token_time",
+    "finished_time",
+    "prompt_len",
+    "output_len",
+    "num_seqs",
+    "num_preemptions",
+    "num_swaps",
+    "rejected",
+]

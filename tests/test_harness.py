@@ -1,0 +1,154 @@
+"""The Hydra front door: presets, the results contract, resuming, and errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.capacity import capacity
+from harness.config import Config, register
+from harness.experiment import ExperimentError, points, run_experiment, validate
+from harness.results import POINT_COLUMNS
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+EXPERIMENTS = sorted(p.stem for p in Path(CONF, "exp").glob("*.yaml"))
+register()
+
+
+def load(*overrides: str) -> tuple[Config, str]:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_object(cfg), OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def test_the_paper_presets_exist():
+    expected = {
+        "sharegpt_opt13b",
+        "sharegpt_opt66b",
+        "sharegpt_opt175b",
+        "alpaca_opt13b",
+        "alpaca_opt66b",
+        "alpaca_opt175b",
+        "parallel_sampling",
+        "beam_search",
+        "shared_prefix",
+        "chatbot",
+        "block_size_sweep",
+        "swap_vs_recompute",
+        "smoke",
+    }
+    assert expected <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_preset_composes_and_is_possible(exp):
+    cfg, _ = load(f"exp={exp}")
+    assert cfg.name == exp
+    validate(cfg)
+    assert len(points(cfg)) == len(cfg.systems) * len(cfg.request_rates) * math.prod(
+        len(v) for v in cfg.sweep.values()
+    )
+    from harness.experiment import _probe
+
+    _probe(cfg, points(cfg)[0])  # the model fits the hardware, the workload builds
+
+
+def test_default_is_sharegpt_opt13b_in_the_simulator():
+    cfg, _ = load()
+    assert cfg.name == "sharegpt_opt13b" and cfg.backend.name == "sim" and cfg.model.name == "opt-13b"
+    assert cfg.systems == ["vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]
+
+
+def test_smoke_writes_the_results_contract(tmp_path):
+    cfg, text = load("exp=smoke", f"results_dir={tmp_path}", "workers=1")
+    run = run_experiment(cfg, text, progress=False)
+    assert run.parent / "latest" and (run.parent / "latest").resolve() == run
+    for name in (
+        "config.yaml",
+        "env.json",
+        "workload.jsonl",
+        "points.csv",
+        "capacity.csv",
+        "DONE",
+        "normalized_latency.png",
+        "batched_requests.png",
+        "memory_waste.png",
+    ):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader(open(run / "points.csv")))
+    assert len(rows) == 4 and set(POINT_COLUMNS) <= set(rows[0])
+    for r in rows:
+        assert float(r["normalized_latency"]) > 0 and int(r["num_requests"]) > 0
+    caps = list(csv.DictReader(open(run / "capacity.csv")))
+    assert {c["system"] for c in caps} == {"vllm", "orca_oracle"}
+    assert float(next(c for c in caps if c["system"] == "vllm")["ratio_to_vllm"]) == 1.0
+    assert len(list((run / "requests").glob("*.csv"))) == 4
+
+
+def test_an_interrupted_run_resumes_and_skips_finished_points(tmp_path, monkeypatch):
+    import harness.experiment as experiment
+
+    cfg, text = load("exp=smoke", f"results_dir={tmp_path}", "workers=1", "plots=false")
+    calls = []
+    real = experiment.run_point
+
+    def crash_after_two(c, point):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(point)
+        return real(c, point)
+
+    monkeypatch.setattr(experiment, "run_point", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, text, progress=False)
+    run = (tmp_path / "smoke" / "latest").resolve()
+    assert len(list(csv.DictReader(open(run / "points.csv")))) == 2 and not (run / "DONE").exists()
+    calls.clear()
+    monkeypatch.setattr(experiment, "run_point", lambda c, p: (calls.append(p), real(c, p))[1])
+    again = run_experiment(cfg, text, progress=False)
+    assert again == run and len(calls) == 2  # only the two missing points ran
+    assert len(list(csv.DictReader(open(run / "points.csv")))) == 4 and (run / "DONE").exists()
+    third = run_experiment(cfg, text, progress=False)
+    assert third != run  # a finished run is not reopened
+
+
+def test_capacity_interpolates_the_crossing():
+    assert capacity([1, 2, 3], [0.1, 0.3, 0.9], 0.5) == pytest.approx(2 + (0.5 - 0.3) / (0.9 - 0.3))
+    assert capacity([1, 2], [0.1, 0.2], 0.5) == 2  # never crosses: the highest rate measured
+    assert capacity([1, 2], [0.6, 0.9], 0.5) == 0.0
+
+
+def test_impossible_settings_name_the_fix():
+    cfg, _ = load("exp=smoke", "systems=[vllm,orca_turbo]")
+    with pytest.raises(ExperimentError, match="choose from"):
+        validate(cfg)
+    cfg, _ = load("exp=smoke", "system.block_size=0")
+    with pytest.raises(ExperimentError, match="positive number of tokens"):
+        validate(cfg)
+    cfg, _ = load("exp=smoke", "backend=real")
+    with pytest.raises(ExperimentError, match="backend=sim"):
+        validate(cfg)
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    repo = Path(CONF).parent
+    unknown = run_cli("exp=smoke", "no_such_key=1", cwd=repo)
+    assert unknown.returncode != 0 and "no_such_key" in unknown.stderr
+    bad_value = run_cli("exp=smoke", "model=opt_14b", cwd=repo)
+    assert bad_value.returncode != 0 and "opt_14b" in bad_value.stderr
+    too_big = run_cli("exp=smoke", "model=opt_66b", f"results_dir={tmp_path}", cwd=repo)
+    assert too_big.returncode == 2 and "error:" in too_big.stderr and "tensor parallelism" in too_big.stderr
+    assert "Traceback" not in too_big.stderr
