@@ -289,12 +289,18 @@ def _round(x: float) -> float:
 
 def print_capacity(table: list[dict], cfg: Config, run_dir: Path) -> None:
     keys = list(cfg.sweep)
-    print(f"\ncapacity at {cfg.capacity_threshold} s/token (req/s; vLLM / system):")
+    lo, hi = min(cfg.request_rates), max(cfg.request_rates)
+    vllm = {tuple(str(t[k]) for k in keys): t["capacity_rps"] for t in table if t["system"] == "vllm"}
+    print(f"\ncapacity: highest rate with normalized latency below {cfg.capacity_threshold} s/token")
     for t in table:
         extra = " ".join(f"{k}={t[k]}" for k in keys)
-        ratio = t["ratio_to_vllm"]
-        vs = (
-            f"  vLLM is {1 / ratio:.2f}x" if ratio and not math.isnan(ratio) and t["system"] != "vllm" else ""
-        )
-        print(f"  {t['system']:<18} {extra:<20} {t['capacity_rps']:>8}{vs}")
+        cap = t["capacity_rps"]
+        ref = vllm.get(tuple(str(t[k]) for k in keys))
+        if cap == 0:
+            text = f"< {lo:g} req/s (above the threshold at the lowest rate measured)"
+            vs = f"; vLLM > {ref / lo:.1f}x" if ref else ""
+        else:
+            text = f"{cap:.3g} req/s" + (" (or more: never crossed)" if cap >= hi else "")
+            vs = f"; vLLM {ref / cap:.2f}x" if ref and t["system"] != "vllm" else ""
+        print(f"  {t['system']:<18} {extra:<20} {text}{vs}")
     print(f"results: {run_dir}")
