@@ -65,6 +65,9 @@ def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Co
     _memory_plot(run_dir / "memory_waste.png", series, cfg)
     for key in cfg.sweep:
         _capacity_plot(run_dir / f"capacity_vs_{key}.png", capacity_rows, key, cfg)
+    for key in ("n", "beam_width", "prefix_len"):
+        if key in cfg.sweep and "vllm" in cfg.systems:
+            _sharing_plot(run_dir / f"sharing_saving_vs_{key}.png", rows, key, cfg)
 
 
 def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> None:
@@ -140,6 +143,27 @@ def _capacity_plot(path, capacity_rows, key, cfg) -> None:
     ax.set_title(_title(cfg), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _sharing_plot(path, rows, key, cfg) -> None:
+    """Figure 15: vLLM's memory saved by sharing (% of the blocks its tables would need without it),
+    averaged over the rates run, for each value of the swept parameter."""
+    values = sorted({r[key] for r in rows if r["system"] == "vllm"}, key=_num)
+    saving = []
+    for v in values:
+        pts = [float(r["sharing_saving_pct"]) for r in rows if r["system"] == "vllm" and r[key] == v]
+        saving.append(sum(pts) / len(pts))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    ax.bar([str(v) for v in values], saving, color="#4c72b0")
+    for i, s in enumerate(saving):
+        ax.text(i, s, f"{s:.1f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel(key)
+    ax.set_ylabel("Memory saving from sharing (%)")
+    ax.set_title(f"vLLM: {_title(cfg)}", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -152,3 +152,37 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     too_big = run_cli("exp=smoke", "model=opt_66b", f"results_dir={tmp_path}", cwd=repo)
     assert too_big.returncode == 2 and "error:" in too_big.stderr and "tensor parallelism" in too_big.stderr
     assert "Traceback" not in too_big.stderr
+
+
+def test_multirun_in_parallel_with_joblib(tmp_path):
+    repo = Path(CONF).parent
+    r = run_cli(
+        "-m",
+        "exp=smoke",
+        "request_rates=[1],[2]",
+        "workers=1",
+        "plots=false",
+        f"results_dir={tmp_path}",
+        "hydra/launcher=joblib",
+        cwd=repo,
+    )
+    assert r.returncode == 0, r.stderr
+    runs = [p for p in (tmp_path / "smoke").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(runs) == 2 and all((p / "DONE").exists() for p in runs)
+
+
+def test_sweeps_write_the_figure_14_and_15_plots(tmp_path):
+    cfg, text = load(
+        "exp=parallel_sampling",
+        "systems=[vllm,orca_oracle]",
+        "request_rates=[2]",
+        "duration_s=20",
+        "sweep.n=[2,4]",
+        f"results_dir={tmp_path}",
+        "workers=1",
+    )
+    run = run_experiment(cfg, text, progress=False)
+    assert (run / "capacity_vs_n.png").is_file() and (run / "sharing_saving_vs_n.png").is_file()
+    rows = list(csv.DictReader(open(run / "points.csv")))
+    assert {r["n"] for r in rows} == {"2", "4"}
+    assert all(float(r["sharing_saving_pct"]) > 0 for r in rows if r["system"] == "vllm")
