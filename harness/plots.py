@@ -80,14 +80,7 @@ def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> 
         )
     if ymax is not None:
         ax.set_ylim(0, ymax)
-    ax.set_xlabel("Request rate (req/s)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(_title(cfg), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, "Request rate (req/s)", ylabel, _title(cfg))
 
 
 def _memory_plot(path, series, cfg) -> None:
@@ -138,11 +131,16 @@ def _capacity_plot(path, capacity_rows, key, cfg) -> None:
             marker=MARKERS.get(system, "."),
             label=label,
         )
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"Capacity (req/s at {cfg.capacity_threshold} s/token)")
-    ax.set_title(_title(cfg), fontsize=9)
+    _finish(fig, ax, path, key, f"Capacity (req/s at {cfg.capacity_threshold} s/token)", _title(cfg))
+
+
+def _finish(fig, ax, path, xlabel, ylabel, title, legend=True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -160,13 +158,7 @@ def _sharing_plot(path, rows, key, cfg) -> None:
     ax.bar([str(v) for v in values], saving, color="#4c72b0")
     for i, s in enumerate(saving):
         ax.text(i, s, f"{s:.1f}%", ha="center", va="bottom", fontsize=8)
-    ax.set_xlabel(key)
-    ax.set_ylabel("Memory saving from sharing (%)")
-    ax.set_title(f"vLLM: {_title(cfg)}", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, key, "Memory saving from sharing (%)", f"vLLM: {_title(cfg)}", legend=False)
 
 
 def _num(v):

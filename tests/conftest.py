@@ -10,7 +10,9 @@ def make_group(request_id, prompt, max_tokens=8, n=1, arrival=0.0, beam=False, p
     return SequenceGroup(str(request_id), list(prompt), params, arrival_time=arrival, prefix=prefix)
 
 
-def make_scheduler(num_gpu_blocks=64, block_size=4, num_cpu_blocks=64, watermark=0.0, caching=False, **kw):
+def make_manager(
+    num_gpu_blocks=16, block_size=4, num_cpu_blocks=16, watermark=0.0, caching=False, max_model_len=256
+):
     cache = CacheConfig(
         num_gpu_blocks=num_gpu_blocks,
         block_size=block_size,
@@ -18,8 +20,12 @@ def make_scheduler(num_gpu_blocks=64, block_size=4, num_cpu_blocks=64, watermark
         watermark=watermark,
         enable_prefix_caching=caching,
     )
+    return BlockManager(cache, max_model_len)
+
+
+def make_scheduler(num_gpu_blocks=64, block_size=4, num_cpu_blocks=64, watermark=0.0, caching=False, **kw):
     cfg = SchedulerConfig(**{"max_num_batched_tokens": 256, "max_model_len": 256, **kw})
-    manager = BlockManager(cache, cfg.max_model_len)
+    manager = make_manager(num_gpu_blocks, block_size, num_cpu_blocks, watermark, caching, cfg.max_model_len)
     return Scheduler(cfg, manager), manager
 
 

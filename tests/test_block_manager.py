@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from paged import AllocStatus, BlockManager, CacheConfig, SequenceStatus, SharedPrefix
+from paged import AllocStatus, SequenceStatus, SharedPrefix
 from paged.prefix_cache import ROOT_HASH, chain_hash
-from tests.conftest import make_group
+from tests.conftest import make_group, make_manager
 
-
-def manager(num_gpu_blocks=16, block_size=4, num_cpu_blocks=16, watermark=0.0, caching=False):
-    cache = CacheConfig(
-        num_gpu_blocks=num_gpu_blocks,
-        block_size=block_size,
-        num_cpu_blocks=num_cpu_blocks,
-        watermark=watermark,
-        enable_prefix_caching=caching,
-    )
-    return BlockManager(cache, max_model_len=256)
+manager = make_manager
 
 
 def admit(m, group):
