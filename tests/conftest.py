@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Triton kernels run under Triton's interpreter on CPU tensors; it must be chosen before triton is
+# imported (tests/test_kernels.py imports the kernels).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from paged import BlockManager, CacheConfig, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
 
