@@ -247,3 +247,126 @@ def copy_blocks(kv_caches, block_mapping) -> None:
         block_numel=block_numel,
         BLOCK=min(1024, triton.next_power_of_2(block_numel)),
     )
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i, acc, v):
+    """One online-softmax update: scores s [M, N], values v [N, D]."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _prefill_kernel(
+    out_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    cu_seqlens_ptr,
+    cached_lens_ptr,
+    scale,
+    max_blocks,
+    num_heads,
+    num_kv_heads: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_P2: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    tile = tl.program_id(2)
+    kv_head = head // (num_heads // num_kv_heads)
+    start = tl.load(cu_seqlens_ptr + seq)
+    n = tl.load(cu_seqlens_ptr + seq + 1) - start
+    cached = tl.load(cached_lens_ptr + seq)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < n
+    d = tl.arange(0, HEAD_DIM_P2)
+    dmask = d < HEAD_DIM
+    q = tl.load(
+        q_ptr + ((start + rows)[:, None] * num_heads + head) * HEAD_DIM + d[None, :],
+        mask=rmask[:, None] & dmask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM_P2), tl.float32)
+    cache_row = num_kv_heads * HEAD_DIM
+    # 1. The cached prefix, read through the block table: every new token sees all of it.
+    for j0 in range(0, cached, BLOCK_N):
+        pos = j0 + tl.arange(0, BLOCK_N)
+        pmask = pos < cached
+        block = tl.load(block_tables_ptr + seq * max_blocks + pos // BLOCK_SIZE, mask=pmask, other=0).to(
+            tl.int64
+        )
+        offs = (block * BLOCK_SIZE + pos % BLOCK_SIZE)[:, None] * cache_row + kv_head * HEAD_DIM + d[None, :]
+        kv_mask = pmask[:, None] & dmask[None, :]
+        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(pmask[None, :], s, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v)
+    # 2. The new tokens themselves, causally.
+    for j0 in range(0, (tile + 1) * BLOCK_M, BLOCK_N):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        cmask = cols < n
+        offs = ((start + cols)[:, None] * num_kv_heads + kv_head) * HEAD_DIM + d[None, :]
+        kv_mask = cmask[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(cmask[None, :] & (cols[None, :] <= rows[:, None]), s, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(
+        out_ptr + ((start + rows)[:, None] * num_heads + head) * HEAD_DIM + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None] & dmask[None, :],
+    )
+
+
+def prefill_attention(query, key, value, k_cache, v_cache, block_tables, cu_seqlens, cached_lens, scale):
+    """Prompt tokens (packed, sequence i owns rows cu_seqlens[i]:cu_seqlens[i+1]) attend to their
+    cached prefix through the block table and causally to themselves (vLLM's prefix_prefill design)."""
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs = len(cached_lens)
+    out = torch.empty_like(query)
+    if num_tokens == 0:
+        return out
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    for t in (query, key, value, k_cache, v_cache):
+        assert t.is_contiguous()
+    block_tables = block_tables.contiguous()
+    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    block_m = 16
+    grid = (num_seqs, num_heads, triton.cdiv(max_len, block_m))
+    _prefill_kernel[grid](
+        out,
+        query,
+        key,
+        value,
+        k_cache,
+        v_cache,
+        block_tables,
+        cu_seqlens,
+        cached_lens,
+        scale,
+        block_tables.shape[1],
+        num_heads,
+        num_kv_heads=num_kv_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_P2=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_SIZE=block_size,
+        BLOCK_M=block_m,
+        BLOCK_N=16,
+    )
+    return out

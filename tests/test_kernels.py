@@ -116,3 +116,33 @@ def test_triton_copy_blocks_equals_reference_in_every_layer(device):
     tri.copy_blocks(caches, mapping)
     torch.testing.assert_close(caches.cpu(), want, atol=0, rtol=0)
     assert torch.equal(want[:, :, 5], want[:, :, 1]) and torch.equal(want[:, :, 7], want[:, :, 1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_triton_prefill_with_cached_prefix_equals_reference(device, dtype, block_size):
+    hkv, h, d = 2, 4, 8
+    cached, new = [0, 5, 19, 3], [3, 20, 1, 0]
+    total = [c + n for c, n in zip(cached, new)]
+    k_cache, v_cache, tables, keys, values = paged_setup(total, hkv, d, block_size, dtype, device, seed=5)
+    q = torch.randn(sum(new), h, d, generator=torch.Generator().manual_seed(6)).to(dtype)
+    cu = torch.tensor([0, *torch.cumsum(torch.tensor(new), 0).tolist()], dtype=torch.int32)
+    k_new = torch.cat([keys[i][c:] for i, c in enumerate(cached)]).contiguous()
+    v_new = torch.cat([values[i][c:] for i, c in enumerate(cached)]).contiguous()
+    lens = torch.tensor(cached, dtype=torch.int32)
+    want = ref.prefill_attention(
+        q, k_new.cpu(), v_new.cpu(), k_cache.cpu(), v_cache.cpu(), tables.cpu(), cu, lens, d**-0.5
+    )
+    got = tri.prefill_attention(
+        q.to(device),
+        k_new.to(device),
+        v_new.to(device),
+        k_cache,
+        v_cache,
+        tables,
+        cu.to(device),
+        lens.to(device),
+        d**-0.5,
+    )
+    torch.testing.assert_close(got.cpu(), want, atol=TOL[dtype], rtol=TOL[dtype])
