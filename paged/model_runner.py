@@ -1,0 +1,277 @@
+"""Real execution: OPT and LLaMA forward passes over the paged KV cache, and the executor around them.
+
+The weights and the per-layer modules (projections, norms, MLPs, rotary embedding) are those of a
+transformers model (`from_pretrained` on a local directory, or random init from a config); only the
+attention is replaced: every layer writes its new keys and values into the paged cache through the
+step's slot mapping, then attends through the block tables (kernels/). One KV tensor holds all layers:
+`[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]`, so a copy-on-write copies every
+layer in one launch. A contiguous baseline's chunk is just consecutive blocks in the same tensor.
+
+Imported only by the real engine: it needs torch, which the scheduler and the simulator do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from paged.executor import ExecutorResult, Sample
+from paged.memory import KVCacheManager
+from paged.scheduler import SchedulerOutput
+from paged.sequence import SequenceStatus
+
+_RUNNING = SequenceStatus.RUNNING
+
+
+def kernel_ops(device: torch.device):
+    """Triton kernels on CUDA, the PyTorch references elsewhere."""
+    if device.type == "cuda":
+        from kernels import triton_ops
+
+        return triton_ops
+    from kernels import reference
+
+    return reference
+
+
+@dataclass
+class StepInputs:
+    """One step's flattened batch and attention metadata."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slot_mapping: torch.Tensor  # [T]
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    is_prefill: bool
+    cu_seqlens: torch.Tensor | None = None  # [B + 1] prefill: rows of each sequence
+    cached_lens: torch.Tensor | None = None  # [B] prefill: tokens already in the cache
+    context_lens: torch.Tensor | None = None  # [B] decode: tokens to attend to
+    logit_rows: torch.Tensor | None = None  # [B] which row's hidden state gives each sequence's logits
+
+
+class ModelRunner:
+    """Runs a transformers OPT or LLaMA model over a paged KV cache."""
+
+    def __init__(self, hf_model, num_gpu_blocks: int, block_size: int, num_cpu_blocks: int = 0) -> None:
+        self.model = hf_model.eval()
+        cfg = hf_model.config
+        self.family = cfg.model_type
+        if self.family not in ("opt", "llama"):
+            raise ValueError(f"unsupported model type {self.family!r}: pagelab runs OPT and LLaMA")
+        if self.family == "opt" and (
+            not cfg.do_layer_norm_before or cfg.word_embed_proj_dim != cfg.hidden_size
+        ):
+            raise ValueError("OPT-350m's post-norm layout is not supported")
+        p = next(hf_model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.ops = kernel_ops(self.device)
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.block_size = block_size
+        num_layers = cfg.num_hidden_layers
+        shape = (num_layers, 2, num_gpu_blocks, block_size, self.num_kv_heads, self.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        host_shape = (num_layers, 2, num_cpu_blocks, block_size, self.num_kv_heads, self.head_dim)
+        self.host_cache = torch.zeros(host_shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+        if self.family == "opt":
+            dec = hf_model.model.decoder
+            self.layers, self.final_norm = dec.layers, dec.final_layer_norm
+        else:
+            self.layers, self.final_norm = hf_model.model.layers, hf_model.model.norm
+
+    # ------------------------------------------------------------------ block operations
+    def swap(self, pairs: list[tuple[int, int]], to_host: bool) -> None:
+        """Move blocks between the device cache and the host cache (all layers, keys and values)."""
+        if not pairs:
+            return
+        src = torch.tensor([s for s, _ in pairs])
+        dst = torch.tensor([d for _, d in pairs])
+        if to_host:
+            self.host_cache[:, :, dst] = self.kv_cache[:, :, src.to(self.device)].to("cpu")
+        else:
+            self.kv_cache[:, :, dst.to(self.device)] = self.host_cache[:, :, src].to(self.device)
+
+    def copy(self, pairs: list[tuple[int, int]]) -> None:
+        if pairs:
+            self.ops.copy_blocks(self.kv_cache, torch.tensor(pairs, dtype=torch.int64, device=self.device))
+
+    # ------------------------------------------------------------------ the forward pass
+    def _attention(self, layer_idx: int, q, k, v, inputs: StepInputs):
+        """q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]. Writes first, then reads (executor contract)."""
+        kc, vc = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
+        self.ops.write_kv_cache(k.contiguous(), v.contiguous(), kc, vc, inputs.slot_mapping)
+        if inputs.is_prefill:
+            out = self.ops.prefill_attention(
+                q.contiguous(),
+                k.contiguous(),
+                v.contiguous(),
+                kc,
+                vc,
+                inputs.block_tables,
+                inputs.cu_seqlens,
+                inputs.cached_lens,
+                self.scale,
+            )
+        else:
+            out = self.ops.paged_decode_attention(
+                q.contiguous(), kc, vc, inputs.block_tables, inputs.context_lens, self.scale
+            )
+        return out.reshape(out.shape[0], -1)
+
+    def _opt_layer(self, i, layer, h, inputs):
+        attn = layer.self_attn
+        t = h.shape[0]
+        x = layer.self_attn_layer_norm(h)
+        q = attn.q_proj(x).view(t, self.num_heads, self.head_dim)
+        k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        h = h + attn.out_proj(self._attention(i, q, k, v, inputs))
+        x = layer.final_layer_norm(h)
+        return h + layer.fc2(layer.activation_fn(layer.fc1(x)))
+
+    def _llama_layer(self, i, layer, h, inputs, cos, sin):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn = layer.self_attn
+        t = h.shape[0]
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
+        k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
+        v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
+        h = h + attn.o_proj(self._attention(i, q, k, v, inputs))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Logits [B, vocab] for the rows in inputs.logit_rows."""
+        m = self.model
+        if self.family == "opt":
+            dec = m.model.decoder
+            h = dec.embed_tokens(inputs.input_ids) + dec.embed_positions.weight[inputs.positions + 2]
+            for i, layer in enumerate(self.layers):
+                h = self._opt_layer(i, layer, h, inputs)
+        else:
+            h = m.model.embed_tokens(inputs.input_ids)
+            cos, sin = m.model.rotary_emb(h[None], inputs.positions[None])
+            for i, layer in enumerate(self.layers):
+                h = self._llama_layer(i, layer, h, inputs, cos, sin)
+        h = self.final_norm(h[inputs.logit_rows])
+        return m.lm_head(h).float()
+
+    # ------------------------------------------------------------------ inputs from a scheduled step
+    def prepare(self, out: SchedulerOutput, memory: KVCacheManager) -> tuple[StepInputs, list]:
+        """The step's batch, and for each scheduled group the (sequence, logits row) of its running
+        sequences. A sequence with nothing to compute (a sibling identical to one that computes, after a
+        recompute or at a request's admission) reads its sibling's row."""
+        bs = self.block_size
+        ids, pos, slots, tables, cu, cached, ctx, rows = [], [], [], [], [0], [], [], []
+        per_group = []
+        for group in out.scheduled_groups:
+            entries = []
+            by_tokens: dict[tuple, int] = {}
+            pending = []
+            for seq in group.seqs:
+                if seq.status is not _RUNNING:
+                    continue
+                table = memory.get_block_table(seq)
+                n = len(seq.token_ids)
+                start = seq.num_computed_tokens if out.is_prefill else n - 1
+                if start >= n:
+                    pending.append(seq)
+                    continue
+                for p in range(start, n):
+                    ids.append(seq.token_ids[p])
+                    pos.append(p)
+                    slots.append(table[p // bs] * bs + p % bs)
+                tables.append(table)
+                if out.is_prefill:
+                    cu.append(cu[-1] + n - start)
+                    cached.append(start)
+                else:
+                    ctx.append(n)
+                rows.append(len(ids) - 1)
+                by_tokens[tuple(seq.token_ids)] = len(rows) - 1
+                entries.append((seq, len(rows) - 1))
+            for seq in pending:
+                entries.append((seq, by_tokens[tuple(seq.token_ids)]))
+            per_group.append(entries)
+        dev = self.device
+        width = max((len(t) for t in tables), default=1)
+        table_tensor = torch.zeros(len(tables), width, dtype=torch.int32)
+        for i, t in enumerate(tables):
+            table_tensor[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
+        inputs = StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
+            positions=torch.tensor(pos, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            block_tables=table_tensor.to(dev),
+            is_prefill=out.is_prefill,
+            logit_rows=torch.tensor(rows, dtype=torch.long, device=dev),
+        )
+        if out.is_prefill:
+            inputs.cu_seqlens = torch.tensor(cu, dtype=torch.int32, device=dev)
+            inputs.cached_lens = torch.tensor(cached, dtype=torch.int32, device=dev)
+        else:
+            inputs.context_lens = torch.tensor(ctx, dtype=torch.int32, device=dev)
+        return inputs, per_group
+
+
+class RealExecutor:
+    """The engine's executor on a real model: block operations, the forward pass, sampling, wall time.
+
+    Sampling: greedy when temperature is 0, else temperature / top-k / top-p sampling from a generator
+    seeded per request. Beam search is not implemented on the real engine yet (the simulator has it)."""
+
+    def __init__(self, runner: ModelRunner, memory: KVCacheManager, seed: int = 0) -> None:
+        self.runner = runner
+        self.memory = memory
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def execute(self, out: SchedulerOutput) -> ExecutorResult:
+        start = time.perf_counter()
+        r = self.runner
+        r.swap(out.blocks_to_swap_out, to_host=True)
+        r.swap(out.blocks_to_swap_in, to_host=False)
+        r.copy(out.blocks_to_copy)
+        outputs: list[list[Sample]] = []
+        if out.scheduled_groups:
+            inputs, per_group = r.prepare(out, self.memory)
+            logits = r.forward(inputs).cpu()
+            for group, entries in zip(out.scheduled_groups, per_group):
+                params = group.sampling_params
+                if params.use_beam_search:
+                    raise ValueError(
+                        "beam search is not implemented on the real engine yet; use the simulator"
+                    )
+                samples = []
+                for seq, row in entries:
+                    token, logprob = self._sample(logits[row], params)
+                    samples.append(Sample(seq.seq_id, token, logprob))
+                outputs.append(samples)
+        if r.device.type == "cuda":
+            torch.cuda.synchronize()
+        return ExecutorResult(outputs, time.perf_counter() - start)
+
+    def _sample(self, logits: torch.Tensor, params) -> tuple[int, float]:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if params.temperature == 0:
+            token = int(torch.argmax(logits))
+            return token, float(logprobs[token])
+        scaled = logits / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(scaled, min(params.top_k, scaled.numel())).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            probs = probs / probs.sum()
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token, float(logprobs[token])
