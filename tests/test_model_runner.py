@@ -94,3 +94,36 @@ def test_a_contiguous_baseline_gives_the_same_tokens():
     vllm, _ = engine_greedy(model, PROMPTS, NEW_TOKENS)
     oracle, _ = engine_greedy(model, PROMPTS, NEW_TOKENS, num_gpu_blocks=64, system="orca_oracle")
     assert oracle == vllm
+
+
+def test_llm_api_greedy_equals_transformers_on_a_saved_checkpoint(tmp_path):
+    from paged.llm import LLM
+
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "ckpt")
+    llm = LLM(model=str(tmp_path / "ckpt"), block_size=4, kv_cache_gib=0.01, seed=0)
+    outs = llm.generate(PROMPTS, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
+    assert [o.prompt_token_ids for o in outs] == PROMPTS  # prompt order
+    assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(model, p, NEW_TOKENS) for p in PROMPTS]
+
+
+def test_llm_api_errors_name_the_problem(tmp_path):
+    from paged.llm import LLM
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LLM(model=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="unknown model preset"):
+        LLM(model="opt-14b")
+
+
+def test_sampling_with_a_seed_is_reproducible():
+    from paged.llm import LLM
+
+    llm = LLM(model="opt-125m", block_size=16, kv_cache_gib=0.02, seed=0)
+    params = SamplingParams(
+        max_tokens=6, temperature=0.8, top_p=0.9, top_k=50, n=3, seed=123, ignore_eos=True
+    )
+    a = llm.generate([[2, 100, 7]], params)[0]
+    b = llm.generate([[2, 100, 7]], params)[0]
+    assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+    assert len(a.outputs) == 3 and all(len(o.token_ids) == 6 for o in a.outputs)

@@ -1,0 +1,181 @@
+"""A vLLM-shaped offline API: `LLM(model=...).generate(prompts, SamplingParams(...))`.
+
+    from paged import SamplingParams
+    from paged.llm import LLM
+    llm = LLM(model="opt-125m", dtype="float32", seed=0)          # a preset: random weights
+    outs = llm.generate([[2, 100, 7], [2, 9]], SamplingParams(max_tokens=8, temperature=0))
+    outs[0].outputs[0].token_ids
+
+`model` is a local directory holding a transformers checkpoint (with a tokenizer, prompts may be
+strings) or the name of a model preset in conf/model (random weights: shapes decide speed). Results
+come back in prompt order; each request's outputs are sorted best first (by cumulative log-probability).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from paged.block_manager import BlockManager
+from paged.config import CacheConfig, SchedulerConfig
+from paged.engine import Engine
+from paged.model_runner import ModelRunner, RealExecutor
+from paged.sampling_params import SamplingParams
+from paged.scheduler import Scheduler
+from paged.sequence import SequenceGroup
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    token_ids: list[int]
+    text: str | None
+    cumulative_logprob: float
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+
+
+def _hf_config_from_preset(name: str):
+    """A transformers config with a preset's dimensions (harness/presets.py reads conf/model)."""
+    from harness.presets import load_model
+
+    spec = load_model(name)
+    if spec.family == "opt":
+        from transformers import OPTConfig
+
+        return OPTConfig(
+            hidden_size=spec.hidden_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            ffn_dim=spec.ffn_dim,
+            vocab_size=spec.vocab_size,
+            max_position_embeddings=spec.max_position_embeddings,
+            word_embed_proj_dim=spec.hidden_size,
+        )
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        intermediate_size=spec.intermediate_size,
+        vocab_size=spec.vocab_size,
+        max_position_embeddings=spec.max_position_embeddings,
+    )
+
+
+def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
+    """(model, tokenizer or None) from a local directory or a preset name."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model)
+    if path.is_dir():
+        hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
+        tokenizer = None
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError):
+            pass
+        return hf.eval(), tokenizer
+    if "/" in model or path.suffix:
+        raise FileNotFoundError(
+            f"model directory {model!r} does not exist; give a local transformers checkpoint directory or "
+            "a preset name (opt-125m, opt-13b, llama-7b, ...)"
+        )
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(_hf_config_from_preset(model), torch_dtype=dtype)
+    return hf.to(device).eval(), None
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str,
+        block_size: int = 16,
+        dtype: str = "float32",
+        seed: int = 0,
+        device: str | None = None,
+        kv_cache_gib: float = 0.5,
+        swap_space_gib: float = 0.5,
+        max_num_seqs: int = 256,
+        max_model_len: int | None = None,
+        preemption_mode: str = "auto",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = load_hf_model(model, DTYPES[dtype], device, seed)
+        cfg = self.model.config
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        block_bytes = 2 * cfg.num_hidden_layers * block_size * kv_heads * head_dim * DTYPES[dtype].itemsize
+        num_gpu_blocks = int(kv_cache_gib * 1024**3) // block_bytes
+        num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
+        max_len = max_model_len or cfg.max_position_embeddings
+        self.cache_config = CacheConfig(
+            num_gpu_blocks=num_gpu_blocks, block_size=block_size, num_cpu_blocks=num_cpu_blocks
+        )
+        self.scheduler_config = SchedulerConfig(
+            max_num_batched_tokens=max(2560, max_len),
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_len,
+            preemption_mode=preemption_mode,
+        )
+        self.runner = ModelRunner(self.model, num_gpu_blocks, block_size, num_cpu_blocks)
+        self.seed = seed
+        self.eos_token_id = getattr(cfg, "eos_token_id", None)
+        self._next_id = 0
+
+    def generate(self, prompts, sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
+        params = sampling_params or SamplingParams()
+        if isinstance(prompts, (str, list)) and (
+            isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
+        ):
+            prompts = [prompts]
+        memory = BlockManager(self.cache_config, self.scheduler_config.max_model_len)
+        scheduler = Scheduler(self.scheduler_config, memory)
+        engine = Engine(
+            scheduler,
+            RealExecutor(self.runner, memory, seed=self.seed if params.seed is None else params.seed),
+        )
+        groups = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                if self.tokenizer is None:
+                    raise ValueError(
+                        "text prompts need a tokenizer in the model directory; pass token ids instead"
+                    )
+                prompt = self.tokenizer.encode(prompt)
+            groups.append(
+                SequenceGroup(str(self._next_id), list(prompt), params, 0.0, eos_token_id=self.eos_token_id)
+            )
+            self._next_id += 1
+        engine.run(groups)
+        results = []
+        for g in groups:
+            if g.reject_reason is not None:
+                raise ValueError(f"request {g.request_id} rejected: {g.reject_reason}")
+            seqs = sorted(g.seqs, key=lambda s: -s.cumulative_logprob)
+            outs = [
+                CompletionOutput(
+                    i,
+                    s.output_token_ids,
+                    self.tokenizer.decode(s.output_token_ids) if self.tokenizer else None,
+                    s.cumulative_logprob,
+                )
+                for i, s in enumerate(seqs)
+            ]
+            results.append(RequestOutput(g.request_id, g.prompt_token_ids, outs))
+        return results
