@@ -86,7 +86,8 @@ class SystemConf:
 
 @dataclass
 class BackendConf:
-    name: str = "sim"  # sim: the cost model; real: the model runner
+    name: str = "sim"  # sim: the cost model; real: the model runner (random weights of the model preset)
+    kv_cache_gib: float = 0.25  # real: KV cache memory on this machine
 
 
 @dataclass

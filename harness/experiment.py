@@ -49,16 +49,27 @@ class Point:
         return f"{self.system}_rate={_fmt(self.rate)}{extra}"
 
 
+def _digest(groups) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for g in sorted(groups, key=lambda g: int(g.request_id) if g.request_id.isdigit() else g.request_id):
+        for s in g.seqs:
+            h.update(str(s.output_token_ids).encode())
+    return h.hexdigest()[:16]
+
+
 def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def validate(cfg: Config) -> None:
     """Impossible combinations fail here, each with one sentence naming the fix."""
-    if cfg.backend.name != "sim":
+    if cfg.backend.name not in ("sim", "real"):
+        raise ExperimentError(f"backend must be sim or real, got {cfg.backend.name!r}")
+    if cfg.backend.name == "real" and (cfg.workload.use_beam_search or "beam_width" in cfg.sweep):
         raise ExperimentError(
-            f"backend={cfg.backend.name} needs the real model runner, which pagelab does not have yet "
-            "(the real-engine issue); run with backend=sim"
+            "beam search is not implemented on the real engine yet; run it with backend=sim"
         )
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown:
@@ -156,6 +167,8 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
         track_memory=True,
         memory_every=cfg.memory_every,
         seed=cfg.workload.seed,
+        backend=cfg.backend.name,
+        real_kv_cache_gib=cfg.backend.kv_cache_gib,
     )
 
 
@@ -166,6 +179,9 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
     result = simulate(workload, sim_config(pcfg, point.system))
     row = {"system": point.system, "request_rate": point.rate, **dict(point.params), **result.metrics}
+    if cfg.backend.name == "real":
+        # The generated tokens themselves, so that runs of different systems can be compared token by token.
+        row["output_digest"] = _digest(result.groups)
     row["wall_s"] = time.perf_counter() - t0
     return row, request_rows(result.groups)
 
@@ -200,6 +216,7 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             "median_e2el_ms",
             "mean_queue_ms",
             "wall_s",
+            "output_digest",
         ]
     )
     if resumed:
@@ -221,6 +238,8 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             )
 
     workers = cfg.workers or os.cpu_count() or 1
+    if cfg.backend.name == "real":
+        workers = 1  # real runs measure wall time: one at a time (and torch does not survive a fork)
     if workers > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 

@@ -41,6 +41,8 @@ class SimConfig:
     preemption_mode: str = "auto"
     watermark: float = 0.01
     enable_prefix_caching: bool = False
+    backend: str = "sim"  # sim: the cost model's clock; real: the model runner, wall-clock step times
+    real_kv_cache_gib: float = 0.25  # real backend: KV cache memory (the GPU presets' capacity is for GPUs)
     track_memory: bool = True  # Figure 2 accounting after every step
     memory_every: int = 1  # ... or after every k-th step (an unbiased sample, k times cheaper)
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
@@ -87,6 +89,8 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         enable_prefix_caching=cfg.enable_prefix_caching,
     )
     cost = CostModel(model, gpu, tp, cfg.block_size)
+    if cfg.backend == "real":
+        return _build_real(cfg, model, sched_cfg, cap, cost)
     memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
     scheduler = Scheduler(sched_cfg, memory)
     engine = Engine(
@@ -96,6 +100,46 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         memory_every=cfg.memory_every,
     )
     return engine, cap, cost
+
+
+def _build_real(
+    cfg: SimConfig, model: ModelSpec, sched_cfg: SchedulerConfig, cap: KVCapacity, cost: CostModel
+):
+    """The same scheduler and memory policy on the real model runner (random weights from the preset's
+    shapes, on this machine's device); the clock advances by each step's measured wall time."""
+    from dataclasses import replace as _replace
+
+    import torch
+
+    from paged.llm import load_hf_model
+    from paged.model_runner import ModelRunner, RealExecutor
+
+    if cfg.tensor_parallel_size != 1:
+        raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf, _ = load_hf_model(model.name, torch.float32 if device == "cpu" else torch.float16, device, cfg.seed)
+    block_bytes = cfg.block_size * model.kv_bytes_per_token * (2 if device == "cpu" else 1)
+    num_blocks = max(1, int(cfg.real_kv_cache_gib * 1024**3) // block_bytes)
+    num_cpu = int(cfg.swap_space_gib * 1024**3) // block_bytes if device == "cuda" else num_blocks
+    cache_cfg = CacheConfig(
+        num_gpu_blocks=num_blocks,
+        block_size=cfg.block_size,
+        num_cpu_blocks=num_cpu,
+        watermark=cfg.watermark,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+    )
+    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
+    runner = ModelRunner(hf, num_blocks, cfg.block_size, num_cpu)
+    engine = Engine(
+        Scheduler(sched_cfg, memory),
+        RealExecutor(runner, memory, seed=cfg.seed),
+        track_memory=cfg.track_memory,
+        memory_every=cfg.memory_every,
+    )
+    real_cap = _replace(
+        cap, num_gpu_blocks=num_blocks, num_cpu_blocks=num_cpu, kv_bytes=num_blocks * block_bytes
+    )
+    return engine, real_cap, cost
 
 
 def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = False) -> SimResult:

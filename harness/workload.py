@@ -99,8 +99,13 @@ class Workload:
                     )
                     prefix = prefixes[r.prefix_id] = SharedPrefix(r.prefix_id, tokens.tolist())
                 own = prefix.token_ids + own
+            # Greedy: the simulator ignores it; on the real engine it makes runs comparable token by token.
             params = SamplingParams(
-                max_tokens=r.output_len, n=r.n, use_beam_search=r.use_beam_search, ignore_eos=True
+                max_tokens=r.output_len,
+                n=r.n,
+                use_beam_search=r.use_beam_search,
+                ignore_eos=True,
+                temperature=0.0,
             )
             groups.append(SequenceGroup(r.request_id, own, params, r.arrival_time, prefix=prefix))
         return groups

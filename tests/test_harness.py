@@ -132,7 +132,7 @@ def test_impossible_settings_name_the_fix():
     cfg, _ = load("exp=smoke", "system.block_size=0")
     with pytest.raises(ExperimentError, match="positive number of tokens"):
         validate(cfg)
-    cfg, _ = load("exp=smoke", "backend=real")
+    cfg, _ = load("exp=beam_search", "backend=real")
     with pytest.raises(ExperimentError, match="backend=sim"):
         validate(cfg)
 
@@ -186,3 +186,12 @@ def test_sweeps_write_the_figure_14_and_15_plots(tmp_path):
     rows = list(csv.DictReader(open(run / "points.csv")))
     assert {r["n"] for r in rows} == {"2", "4"}
     assert all(float(r["sharing_saving_pct"]) > 0 for r in rows if r["system"] == "vllm")
+
+
+def test_smoke_real_runs_the_real_engine_and_systems_agree_token_for_token(tmp_path):
+    cfg, text = load("exp=smoke_real", f"results_dir={tmp_path}", "duration_s=2", "plots=false")
+    run = run_experiment(cfg, text, progress=False)
+    rows = list(csv.DictReader(open(run / "points.csv")))
+    assert {r["system"] for r in rows} == {"vllm", "orca_oracle"}
+    assert all(int(r["num_completed"]) == int(r["num_requests"]) > 0 for r in rows)
+    assert len({r["output_digest"] for r in rows}) == 1  # greedy: identical tokens under both policies
