@@ -20,7 +20,7 @@ import pstats
 import time
 
 from baselines import SYSTEMS
-from harness.simulate import SimConfig, simulate
+from harness.simulate import SimConfig, add_run_arguments, simulate
 from harness.workload import synthetic
 
 
@@ -104,13 +104,7 @@ def figure(workers: int, systems: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="opt-13b")
-    ap.add_argument("--hardware", default="a100-40gb")
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--dataset", default="sharegpt")
-    ap.add_argument("--rate", type=float, default=2.0)
-    ap.add_argument("--duration", type=float, default=3600.0)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_arguments(ap, rate=2.0)
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--figure", action="store_true", help="time the six panels of Figure 12 (vLLM)")

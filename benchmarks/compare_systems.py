@@ -14,19 +14,13 @@ import time
 from pathlib import Path
 
 from baselines import SYSTEMS
-from harness.simulate import SimConfig, simulate
+from harness.simulate import SimConfig, add_run_arguments, simulate
 from harness.workload import Workload, synthetic
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="opt-13b")
-    ap.add_argument("--hardware", default="a100-40gb")
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--dataset", default="sharegpt")
-    ap.add_argument("--rate", type=float, default=1.0)
-    ap.add_argument("--duration", type=float, default=3600.0)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_arguments(ap, rate=1.0)
     ap.add_argument("--workload-out", help="where to save the workload (default: a temporary file)")
     args = ap.parse_args()
     path = Path(args.workload_out or tempfile.mkdtemp())

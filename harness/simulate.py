@@ -168,26 +168,33 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
     return SimResult(metrics, groups, engine, cap, wall)
 
 
+def add_run_arguments(ap, rate: float = 2.0) -> None:
+    """The server and trace options shared by this CLI and the benchmarks."""
+    from harness.workload import BUILTIN
+
+    ap.add_argument("--model", default="opt-13b")
+    ap.add_argument("--hardware", default="a100-40gb")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    ap.add_argument("--dataset", default="sharegpt", choices=BUILTIN)
+    ap.add_argument("--rate", type=float, default=rate, help="requests per second (Poisson)")
+    ap.add_argument("--duration", type=float, default=3600.0, help="trace length in seconds")
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """python -m harness.simulate: one simulated run, its metrics printed as a table."""
     import argparse
 
     from baselines.registry import SYSTEMS
-    from harness.workload import BUILTIN, synthetic
+    from harness.workload import synthetic
 
     ap = argparse.ArgumentParser(description="Simulate one serving run (the paper's servers on a CPU).")
     ap.add_argument("--system", default="vllm", choices=SYSTEMS)
-    ap.add_argument("--model", default="opt-13b")
-    ap.add_argument("--hardware", default="a100-40gb")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    ap.add_argument("--dataset", default="sharegpt", choices=BUILTIN)
-    ap.add_argument("--rate", type=float, default=2.0, help="requests per second (Poisson)")
-    ap.add_argument("--duration", type=float, default=3600.0, help="trace length in seconds")
+    add_run_arguments(ap)
     ap.add_argument("--n", type=int, default=1, help="parallel samples (or beam width with --beam)")
     ap.add_argument("--beam", action="store_true")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--preemption-mode", default="auto", choices=("auto", "recompute", "swap"))
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     workload = synthetic(
         args.dataset, args.rate, args.duration, args.seed, n=args.n, use_beam_search=args.beam

@@ -87,7 +87,7 @@ def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
 
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError):
-            pass
+            tokenizer = None  # no tokenizer in the directory: prompts must be token ids
         return hf.eval(), tokenizer
     if "/" in model or path.suffix:
         raise FileNotFoundError(
