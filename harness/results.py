@@ -118,9 +118,7 @@ def open_run_dir(results_dir: str, name: str, config_yaml: str, resume: bool) ->
     (run / "requests").mkdir()
     atomic_write(run / "config.yaml", config_yaml)
     atomic_write(run / "env.json", json.dumps(environment(), indent=2) + "\n")
-    tmp_link = base / "latest.tmp"
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
+    tmp_link = base / f".latest.{os.getpid()}.{run.name}.tmp"  # unique: parallel jobs share the folder
     tmp_link.symlink_to(run.name)
     os.replace(tmp_link, latest)
     return run, False
