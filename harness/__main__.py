@@ -21,14 +21,16 @@ register()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from omegaconf.errors import OmegaConfBaseException
+
     from harness.experiment import ExperimentError, run_experiment
     from harness.workload import WorkloadError
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    plain: Config = OmegaConf.to_object(cfg)
     try:
+        plain: Config = OmegaConf.to_object(cfg)  # runs the presets' own checks (ModelSpec, ...)
         run_experiment(plain, config_yaml)
-    except (ExperimentError, WorkloadError, ValueError, FileNotFoundError) as e:
+    except (ExperimentError, WorkloadError, ValueError, FileNotFoundError, OmegaConfBaseException) as e:
         # Bad settings get one sentence, not a traceback.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

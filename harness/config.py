@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from harness.presets import GPUSpec, ModelSpec
+
 ALL_SYSTEMS = ["vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]
 # Parameters a sweep may vary besides system and request rate, and where each lives.
 SWEEPABLE = {
@@ -21,36 +23,6 @@ SWEEPABLE = {
     "beam_width": "workload.n",  # with workload.use_beam_search
     "prefix_len": "workload.prefix_len",
 }
-
-
-@dataclass
-class ModelConf:
-    """Transformer dimensions with transformers' config names (conf/model/*.yaml)."""
-
-    name: str = MISSING
-    family: str = MISSING  # opt | llama
-    num_hidden_layers: int = MISSING
-    hidden_size: int = MISSING
-    num_attention_heads: int = MISSING
-    num_key_value_heads: int = MISSING
-    vocab_size: int = MISSING
-    max_position_embeddings: int = MISSING
-    ffn_dim: int = 0  # OPT's MLP width
-    intermediate_size: int = 0  # LLaMA's MLP width
-    dtype_bytes: int = 2  # fp16
-
-
-@dataclass
-class HardwareConf:
-    """One GPU's datasheet numbers (conf/hardware/*.yaml cites them)."""
-
-    name: str = MISSING
-    memory_gib: float = MISSING
-    hbm_bandwidth_gbps: float = MISSING
-    peak_fp16_tflops: float = MISSING
-    nvlink_gbps: float = MISSING
-    pcie_gbps: float = MISSING
-    calibration: str = MISSING  # a100 | h100: which operator profiles apply
 
 
 @dataclass
@@ -95,8 +67,8 @@ class Config:
     """One experiment: a grid of points (system x request rate x sweep values), each a full run."""
 
     name: str = "default"  # results go to <results_dir>/<name>/<timestamp>/
-    model: ModelConf = MISSING
-    hardware: HardwareConf = MISSING
+    model: ModelSpec = MISSING  # conf/model/*.yaml: the same dataclass the simulator uses
+    hardware: GPUSpec = MISSING  # conf/hardware/*.yaml
     workload: WorkloadConf = field(default_factory=WorkloadConf)
     system: SystemConf = field(default_factory=SystemConf)
     backend: BackendConf = field(default_factory=BackendConf)

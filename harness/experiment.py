@@ -9,13 +9,12 @@ import itertools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from baselines import SYSTEMS
 from harness.capacity import capacity
 from harness.config import SWEEPABLE, Config
-from harness.presets import GPUSpec, ModelSpec
 from harness.results import (
     POINT_COLUMNS,
     REQUEST_COLUMNS,
@@ -150,8 +149,8 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
     s = cfg.system
     return SimConfig(
         system=system,
-        model=ModelSpec(**asdict(cfg.model)),
-        hardware=GPUSpec(**asdict(cfg.hardware)),
+        model=cfg.model,
+        hardware=cfg.hardware,
         tensor_parallel_size=cfg.tensor_parallel_size,
         block_size=s.block_size,
         gpu_memory_utilization=s.gpu_memory_utilization,

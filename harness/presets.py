@@ -16,7 +16,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GIB = 1024**3
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelSpec:
     """Transformer dimensions, with transformers' config names."""
 
@@ -82,7 +82,7 @@ class ModelSpec:
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * self.dtype_bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class GPUSpec:
     """One GPU's datasheet numbers (sources in the preset's YAML)."""
 

@@ -84,7 +84,7 @@ def environment() -> dict:
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
-            pass
+            versions[name] = None  # not installed
     return {
         "versions": versions,
         "machine": platform.machine(),

@@ -11,7 +11,7 @@ Everything but the executor is the engine's own code: the same Scheduler, the sa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from baselines.registry import build_system
 from harness.cost_model import CostModel
@@ -28,8 +28,8 @@ class SimConfig:
     """One simulated server. Defaults: the paper's OPT-13B server with vLLM's settings of the time."""
 
     system: str = "vllm"  # vllm | orca_max | orca_pow2 | orca_oracle | fastertransformer
-    model: str = "opt-13b"
-    hardware: str = "a100-40gb"
+    model: str | ModelSpec = "opt-13b"  # a preset name, a YAML path, or a ModelSpec
+    hardware: str | GPUSpec = "a100-40gb"
     tensor_parallel_size: int = 1
     block_size: int = 16
     gpu_memory_utilization: float = 0.95
@@ -56,10 +56,11 @@ class SimResult:
     engine: Engine
     capacity: KVCapacity
     wall_s: float
-    extra: dict = field(default_factory=dict)
 
 
 def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
+    """The engine for one server: the chosen system's memory policy on the one scheduler, and the
+    simulated executor (or, with backend="real", the model runner)."""
     model: ModelSpec = load_model(cfg.model)
     gpu: GPUSpec = load_hardware(cfg.hardware)
     tp = cfg.tensor_parallel_size
@@ -81,6 +82,9 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         max_model_len=max_model_len,
         preemption_mode=cfg.preemption_mode,
     )
+    cost = CostModel(model, gpu, tp, cfg.block_size)
+    if cfg.backend == "real":
+        runner, cap = _real_runner(cfg, model, cap)
     cache_cfg = CacheConfig(
         num_gpu_blocks=cap.num_gpu_blocks,
         block_size=cfg.block_size,
@@ -88,58 +92,42 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         watermark=cfg.watermark,
         enable_prefix_caching=cfg.enable_prefix_caching,
     )
-    cost = CostModel(model, gpu, tp, cfg.block_size)
-    if cfg.backend == "real":
-        return _build_real(cfg, model, sched_cfg, cap, cost)
     memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
-    scheduler = Scheduler(sched_cfg, memory)
+    if cfg.backend == "real":
+        from paged.model_runner import RealExecutor
+
+        executor = RealExecutor(runner, memory, seed=cfg.seed)
+    else:
+        executor = SimulatedExecutor(cost, seed=cfg.seed)
     engine = Engine(
-        scheduler,
-        SimulatedExecutor(cost, seed=cfg.seed),
-        track_memory=cfg.track_memory,
-        memory_every=cfg.memory_every,
+        Scheduler(sched_cfg, memory), executor, track_memory=cfg.track_memory, memory_every=cfg.memory_every
     )
     return engine, cap, cost
 
 
-def _build_real(
-    cfg: SimConfig, model: ModelSpec, sched_cfg: SchedulerConfig, cap: KVCapacity, cost: CostModel
-):
-    """The same scheduler and memory policy on the real model runner (random weights from the preset's
-    shapes, on this machine's device); the clock advances by each step's measured wall time."""
-    from dataclasses import replace as _replace
+def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
+    """A model runner with random weights of the preset's shapes on this machine's device, and the KV
+    capacity it has (`real_kv_cache_gib`: the GPU presets' capacity is for the paper's GPUs)."""
+    from dataclasses import replace
 
     import torch
 
     from paged.llm import load_hf_model
-    from paged.model_runner import ModelRunner, RealExecutor
+    from paged.model_runner import ModelRunner
 
     if cfg.tensor_parallel_size != 1:
         raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf, _ = load_hf_model(model.name, torch.float32 if device == "cpu" else torch.float16, device, cfg.seed)
-    block_bytes = cfg.block_size * model.kv_bytes_per_token * (2 if device == "cpu" else 1)
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    hf, _ = load_hf_model(model.name, dtype, device, cfg.seed)
+    block_bytes = cfg.block_size * model.kv_bytes_per_token // model.dtype_bytes * dtype.itemsize
     num_blocks = max(1, int(cfg.real_kv_cache_gib * 1024**3) // block_bytes)
+    # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
     num_cpu = int(cfg.swap_space_gib * 1024**3) // block_bytes if device == "cuda" else num_blocks
-    cache_cfg = CacheConfig(
-        num_gpu_blocks=num_blocks,
-        block_size=cfg.block_size,
-        num_cpu_blocks=num_cpu,
-        watermark=cfg.watermark,
-        enable_prefix_caching=cfg.enable_prefix_caching,
-    )
-    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
     runner = ModelRunner(hf, num_blocks, cfg.block_size, num_cpu)
-    engine = Engine(
-        Scheduler(sched_cfg, memory),
-        RealExecutor(runner, memory, seed=cfg.seed),
-        track_memory=cfg.track_memory,
-        memory_every=cfg.memory_every,
-    )
-    real_cap = _replace(
+    return runner, replace(
         cap, num_gpu_blocks=num_blocks, num_cpu_blocks=num_cpu, kv_bytes=num_blocks * block_bytes
     )
-    return engine, real_cap, cost
 
 
 def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = False) -> SimResult:
