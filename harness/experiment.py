@@ -66,10 +66,6 @@ def validate(cfg: Config) -> None:
     """Impossible combinations fail here, each with one sentence naming the fix."""
     if cfg.backend.name not in ("sim", "real"):
         raise ExperimentError(f"backend must be sim or real, got {cfg.backend.name!r}")
-    if cfg.backend.name == "real" and (cfg.workload.use_beam_search or "beam_width" in cfg.sweep):
-        raise ExperimentError(
-            "beam search is not implemented on the real engine yet; run it with backend=sim"
-        )
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown:
         raise ExperimentError(f"unknown system(s) {unknown}: choose from {', '.join(SYSTEMS)}")

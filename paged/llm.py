@@ -8,7 +8,8 @@
 
 `model` is a local directory holding a transformers checkpoint (with a tokenizer, prompts may be
 strings) or the name of a model preset in conf/model (random weights: shapes decide speed). Results
-come back in prompt order; each request's outputs are sorted best first (by cumulative log-probability).
+come back in prompt order; each request's outputs are sorted best first: by cumulative log-probability,
+or with beam search by transformers' beam score (the n best finished hypotheses).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from paged.beam_search import best_hypotheses
 from paged.block_manager import BlockManager
 from paged.config import CacheConfig, SchedulerConfig
 from paged.engine import Engine
@@ -99,7 +101,20 @@ def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
     return hf.to(device).eval(), None
 
 
+def kv_blocks_from_profile(total_bytes: int, utilization: float, peak_bytes: int, block_bytes: int) -> int:
+    """vLLM's sizing (paper section 5): the device's memory times the utilization, less the profiled
+    peak of weights and activations, in whole blocks."""
+    return max(0, int(total_bytes * utilization) - peak_bytes) // block_bytes
+
+
+CPU_KV_CACHE_GIB = 4.0  # vLLM's CPU backend's default KV space (VLLM_CPU_KVCACHE_SPACE)
+
+
 class LLM:
+    """The offline engine. The KV cache is sized, in this order: `kv_cache_gib` when given; on CUDA by
+    profiling the largest step's peak memory and keeping `gpu_memory_utilization` of the device; on
+    CPU 4 GiB (vLLM's CPU default)."""
+
     def __init__(
         self,
         model: str,
@@ -107,51 +122,78 @@ class LLM:
         dtype: str = "float32",
         seed: int = 0,
         device: str | None = None,
-        kv_cache_gib: float = 0.5,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float = 0.9,
         swap_space_gib: float = 0.5,
         max_num_seqs: int = 256,
         max_model_len: int | None = None,
+        max_num_batched_tokens: int | None = None,
         preemption_mode: str = "auto",
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_hf_model(model, DTYPES[dtype], device, seed)
         cfg = self.model.config
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = cfg.hidden_size // cfg.num_attention_heads
-        block_bytes = 2 * cfg.num_hidden_layers * block_size * kv_heads * head_dim * DTYPES[dtype].itemsize
-        num_gpu_blocks = int(kv_cache_gib * 1024**3) // block_bytes
-        num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
         max_len = max_model_len or cfg.max_position_embeddings
-        self.cache_config = CacheConfig(
-            num_gpu_blocks=num_gpu_blocks, block_size=block_size, num_cpu_blocks=num_cpu_blocks
-        )
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {max_len} exceeds the model's {cfg.max_position_embeddings} positions"
+            )
         self.scheduler_config = SchedulerConfig(
-            max_num_batched_tokens=max(2560, max_len),
+            max_num_batched_tokens=max_num_batched_tokens or max(2560, max_len),
             max_num_seqs=max_num_seqs,
             max_model_len=max_len,
             preemption_mode=preemption_mode,
         )
-        self.runner = ModelRunner(self.model, num_gpu_blocks, block_size, num_cpu_blocks)
+        self.runner = ModelRunner(self.model, 0, block_size, 0)
+        block_bytes = self.runner.block_bytes
+        if kv_cache_gib is not None:
+            num_gpu_blocks = int(kv_cache_gib * 1024**3) // block_bytes
+        elif self.runner.device.type == "cuda":
+            peak = self.runner.profile_peak_bytes(self.scheduler_config.max_num_batched_tokens, max_len)
+            total = torch.cuda.mem_get_info(self.runner.device)[1]
+            num_gpu_blocks = kv_blocks_from_profile(total, gpu_memory_utilization, peak, block_bytes)
+        else:
+            num_gpu_blocks = int(CPU_KV_CACHE_GIB * 1024**3) // block_bytes
+        if num_gpu_blocks * block_size < max_len:
+            raise ValueError(
+                f"the KV cache holds {num_gpu_blocks} blocks of {block_size} tokens, less than one "
+                f"{max_len}-token sequence: raise kv_cache_gib (or gpu_memory_utilization), or lower "
+                "max_model_len"
+            )
+        num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
+        self.runner.allocate_cache(num_gpu_blocks, num_cpu_blocks)
+        self.cache_config = CacheConfig(
+            num_gpu_blocks=num_gpu_blocks, block_size=block_size, num_cpu_blocks=num_cpu_blocks
+        )
         self.seed = seed
         self.eos_token_id = getattr(cfg, "eos_token_id", None)
         self._next_id = 0
 
-    def generate(self, prompts, sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
-        params = sampling_params or SamplingParams()
-        if isinstance(prompts, (str, list)) and (
-            isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
-        ):
+    def generate(
+        self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion. sampling_params: one for all prompts, or one per prompt.
+        A request with `seed` samples from its own generator (reproducible in any batch); the others
+        share one seeded by the LLM's seed."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
+        if isinstance(sampling_params, list):
+            if len(sampling_params) != len(prompts):
+                raise ValueError(
+                    f"{len(sampling_params)} params for {len(prompts)} prompts: give one or one each"
+                )
+            per_prompt = sampling_params
+        else:
+            per_prompt = [sampling_params or SamplingParams()] * len(prompts)
         memory = BlockManager(self.cache_config, self.scheduler_config.max_model_len)
         scheduler = Scheduler(self.scheduler_config, memory)
-        engine = Engine(
-            scheduler,
-            RealExecutor(self.runner, memory, seed=self.seed if params.seed is None else params.seed),
-        )
+        engine = Engine(scheduler, RealExecutor(self.runner, memory, seed=self.seed))
         groups = []
-        for prompt in prompts:
+        for prompt, params in zip(prompts, per_prompt):
             if isinstance(prompt, str):
                 if self.tokenizer is None:
                     raise ValueError(
@@ -167,7 +209,10 @@ class LLM:
         for g in groups:
             if g.reject_reason is not None:
                 raise ValueError(f"request {g.request_id} rejected: {g.reject_reason}")
-            seqs = sorted(g.seqs, key=lambda s: -s.cumulative_logprob)
+            if g.sampling_params.use_beam_search:
+                seqs = best_hypotheses(g)
+            else:
+                seqs = sorted(g.seqs, key=lambda s: -s.cumulative_logprob)
             outs = [
                 CompletionOutput(
                     i,

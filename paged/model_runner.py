@@ -12,11 +12,13 @@ Imported only by the real engine: it needs torch, which the scheduler and the si
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
 import torch
 
+from paged.beam_search import beam_search_step
 from paged.executor import ExecutorResult, Sample
 from paged.memory import KVCacheManager
 from paged.scheduler import SchedulerOutput
@@ -72,16 +74,59 @@ class ModelRunner:
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
         self.block_size = block_size
-        num_layers = cfg.num_hidden_layers
-        shape = (num_layers, 2, num_gpu_blocks, block_size, self.num_kv_heads, self.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        host_shape = (num_layers, 2, num_cpu_blocks, block_size, self.num_kv_heads, self.head_dim)
-        self.host_cache = torch.zeros(host_shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+        self.num_layers = cfg.num_hidden_layers
+        self.allocate_cache(num_gpu_blocks, num_cpu_blocks)
         if self.family == "opt":
             dec = hf_model.model.decoder
             self.layers, self.final_norm = dec.layers, dec.final_layer_norm
         else:
             self.layers, self.final_norm = hf_model.model.layers, hf_model.model.norm
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block: keys and values of block_size tokens in every layer."""
+        per_token = 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+        return per_token * self.block_size
+
+    def allocate_cache(self, num_gpu_blocks: int, num_cpu_blocks: int) -> None:
+        """(Re)allocate the device KV cache and the host swap space."""
+        self.kv_cache = None  # free the old cache before allocating the new one
+        shape = (self.num_layers, 2, num_gpu_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        host_shape = (self.num_layers, 2, num_cpu_blocks, *shape[3:])
+        self.host_cache = torch.zeros(host_shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+
+    @torch.inference_mode()
+    def profile_peak_bytes(self, num_tokens: int, max_len: int) -> int:
+        """Peak device memory of the largest step the scheduler may run (num_tokens prompt tokens, as
+        sequences of at most max_len) - vLLM's profiling run (paper section 5). CUDA only."""
+        if self.device.type != "cuda":
+            raise RuntimeError("memory profiling measures a CUDA device; on CPU give kv_cache_gib")
+        bs = self.block_size
+        lens = [max_len] * (num_tokens // max_len) + ([num_tokens % max_len] if num_tokens % max_len else [])
+        blocks = -(-max(lens) // bs)
+        self.allocate_cache(blocks, 0)  # every sequence writes the same few blocks: enough for a profile
+        table = torch.arange(blocks, dtype=torch.int32, device=self.device)
+        pos = torch.cat([torch.arange(n) for n in lens]).to(self.device)
+        inputs = StepInputs(
+            input_ids=torch.zeros(num_tokens, dtype=torch.long, device=self.device),
+            positions=pos,
+            slot_mapping=pos.clone(),
+            block_tables=table.repeat(len(lens), 1),
+            is_prefill=True,
+            cu_seqlens=torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=self.device),
+            cached_lens=torch.zeros(len(lens), dtype=torch.int32, device=self.device),
+            logit_rows=torch.tensor(list(itertools.accumulate(lens)), device=self.device) - 1,
+        )
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self.forward(inputs)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - self.kv_cache.numel() * self.dtype.itemsize
+        self.kv_cache = None
+        torch.cuda.empty_cache()
+        return peak
 
     # ------------------------------------------------------------------ block operations
     def swap(self, pairs: list[tuple[int, int]], to_host: bool) -> None:
@@ -225,13 +270,14 @@ class ModelRunner:
 class RealExecutor:
     """The engine's executor on a real model: block operations, the forward pass, sampling, wall time.
 
-    Sampling: greedy when temperature is 0, else temperature / top-k / top-p sampling from a generator
-    seeded per request. Beam search is not implemented on the real engine yet (the simulator has it)."""
+    Sampling: greedy when temperature is 0, else temperature / top-k / top-p sampling from one seeded
+    generator; beam search as transformers does it (paged/beam_search.py)."""
 
     def __init__(self, runner: ModelRunner, memory: KVCacheManager, seed: int = 0) -> None:
         self.runner = runner
         self.memory = memory
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._request_generators: dict[str, torch.Generator] = {}
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         start = time.perf_counter()
@@ -243,22 +289,30 @@ class RealExecutor:
         if out.scheduled_groups:
             inputs, per_group = r.prepare(out, self.memory)
             logits = r.forward(inputs).cpu()
+            logprobs = None
             for group, entries in zip(out.scheduled_groups, per_group):
                 params = group.sampling_params
                 if params.use_beam_search:
-                    raise ValueError(
-                        "beam search is not implemented on the real engine yet; use the simulator"
-                    )
+                    if logprobs is None:
+                        logprobs = torch.log_softmax(logits, dim=-1)
+                    outputs.append(beam_search_step(group, entries, logprobs))
+                    continue
                 samples = []
+                gen = self.generator
+                if params.seed is not None:  # vLLM's per-request seed
+                    gen = self._request_generators.get(group.request_id)
+                    if gen is None:
+                        gen = torch.Generator(device="cpu").manual_seed(params.seed)
+                        self._request_generators[group.request_id] = gen
                 for seq, row in entries:
-                    token, logprob = self._sample(logits[row], params)
+                    token, logprob = self._sample(logits[row], params, gen)
                     samples.append(Sample(seq.seq_id, token, logprob))
                 outputs.append(samples)
         if r.device.type == "cuda":
             torch.cuda.synchronize()
         return ExecutorResult(outputs, time.perf_counter() - start)
 
-    def _sample(self, logits: torch.Tensor, params) -> tuple[int, float]:
+    def _sample(self, logits: torch.Tensor, params, generator: torch.Generator) -> tuple[int, float]:
         logprobs = torch.log_softmax(logits, dim=-1)
         if params.temperature == 0:
             token = int(torch.argmax(logits))
@@ -273,5 +327,5 @@ class RealExecutor:
             keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
             probs = probs / probs.sum()
-        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        token = int(torch.multinomial(probs, 1, generator=generator))
         return token, float(logprobs[token])

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 class SamplingParams:
     """How one request decodes.
 
-    With `use_beam_search`, `n` is the beam width (vLLM v0's semantics). The scheduler reads only
-    `n`, `max_tokens`, `ignore_eos` and `use_beam_search`; the other fields are for the sampler.
+    With `use_beam_search`, `n` is the beam width (vLLM v0's semantics) and decoding is deterministic
+    (transformers' beam search, paged/beam_search.py): temperature is not used, and top_p / top_k
+    must stay off. The scheduler reads only `n`, `max_tokens`, `ignore_eos` and `use_beam_search`;
+    the other fields are for the sampler.
     """
 
     max_tokens: int = 16
@@ -19,6 +21,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = -1
     use_beam_search: bool = False
+    length_penalty: float = 1.0  # beam search: hypotheses rank by logprob / length ** length_penalty
     ignore_eos: bool = False
     seed: int | None = None
 
@@ -33,3 +36,5 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k == 0 or self.top_k < -1:
             raise ValueError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
+        if self.use_beam_search and (self.top_p < 1.0 or self.top_k != -1):
+            raise ValueError("beam search is deterministic: leave top_p at 1 and top_k at -1")

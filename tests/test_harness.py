@@ -132,8 +132,8 @@ def test_impossible_settings_name_the_fix():
     cfg, _ = load("exp=smoke", "system.block_size=0")
     with pytest.raises(ExperimentError, match="positive number of tokens"):
         validate(cfg)
-    cfg, _ = load("exp=beam_search", "backend=real")
-    with pytest.raises(ExperimentError, match="backend=sim"):
+    cfg, _ = load("exp=smoke", "request_rates=[0.5,-1]")
+    with pytest.raises(ExperimentError, match="positive req/s"):
         validate(cfg)
 
 

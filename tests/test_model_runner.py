@@ -105,6 +105,13 @@ def test_llm_api_greedy_equals_transformers_on_a_saved_checkpoint(tmp_path):
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
     assert [o.prompt_token_ids for o in outs] == PROMPTS  # prompt order
     assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(model, p, NEW_TOKENS) for p in PROMPTS]
+    # Beam search through the API: n is the beam width, outputs best first.
+    beam = SamplingParams(max_tokens=6, temperature=0.0, n=3, use_beam_search=True, ignore_eos=True)
+    outs = llm.generate(PROMPTS[:2], beam)
+    never = model.config.vocab_size + 1
+    assert [[c.token_ids for c in o.outputs] for o in outs] == [
+        hf_beams(model, p, 6, 3, never) for p in PROMPTS[:2]
+    ]
 
 
 def test_llm_api_errors_name_the_problem(tmp_path):
@@ -119,7 +126,7 @@ def test_llm_api_errors_name_the_problem(tmp_path):
 def test_sampling_with_a_seed_is_reproducible():
     from paged.llm import LLM
 
-    llm = LLM(model="opt-125m", block_size=16, kv_cache_gib=0.02, seed=0)
+    llm = LLM(model="opt-125m", block_size=16, kv_cache_gib=0.02, max_model_len=256, seed=0)
     params = SamplingParams(
         max_tokens=6, temperature=0.8, top_p=0.9, top_k=50, n=3, seed=123, ignore_eos=True
     )
@@ -127,3 +134,85 @@ def test_sampling_with_a_seed_is_reproducible():
     b = llm.generate([[2, 100, 7]], params)[0]
     assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
     assert len(a.outputs) == 3 and all(len(o.token_ids) == 6 for o in a.outputs)
+    # A seeded request samples from its own generator: the same tokens in another batch.
+    other = SamplingParams(max_tokens=4, temperature=1.0, ignore_eos=True)
+    c = llm.generate([[5, 6, 7, 8], [2, 100, 7]], [other, params])[1]
+    assert sorted(o.token_ids for o in c.outputs) == sorted(o.token_ids for o in a.outputs)
+    with pytest.raises(ValueError, match="less than one"):
+        LLM(model="opt-125m", kv_cache_gib=0.02)  # 2048-token sequences cannot fit 0.02 GiB
+
+
+def test_kv_cache_sizing_from_a_memory_profile():
+    from paged.llm import kv_blocks_from_profile
+
+    gib = 1024**3
+    # 80 GiB device, 90% usable, 30 GiB of weights and activation peak, 1 MiB blocks.
+    assert kv_blocks_from_profile(80 * gib, 0.9, 30 * gib, 1024**2) == int((72 - 30) * 1024)
+    assert kv_blocks_from_profile(8 * gib, 0.5, 6 * gib, 1024**2) == 0
+
+
+def hf_beams(model, prompt, n, width, eos):
+    out = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=n,
+        do_sample=False,
+        num_beams=width,
+        num_return_sequences=width,
+        length_penalty=1.0,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    beams = []
+    for row in out[:, len(prompt) :].tolist():
+        if eos in row:
+            row = row[: row.index(eos) + 1]
+        beams.append(row)
+    return beams
+
+
+def engine_beams(model, prompts, n, width, eos, num_gpu_blocks=64, mode="auto", ignore_eos=False):
+    cache = CacheConfig(num_gpu_blocks=num_gpu_blocks, block_size=4, num_cpu_blocks=64, watermark=0.0)
+    memory, sched_cfg = build_system(
+        "vllm", cache, SchedulerConfig(max_num_batched_tokens=128, max_model_len=128, preemption_mode=mode)
+    )
+    scheduler = Scheduler(sched_cfg, memory)
+    runner = ModelRunner(model, num_gpu_blocks, 4, 64)
+    params = SamplingParams(
+        max_tokens=n, temperature=0.0, n=width, use_beam_search=True, ignore_eos=ignore_eos
+    )
+    groups = [SequenceGroup(str(i), p, params, eos_token_id=eos) for i, p in enumerate(prompts)]
+    Engine(scheduler, RealExecutor(runner, memory)).run(groups)
+    from paged.beam_search import best_hypotheses
+
+    assert memory.gpu.num_free == num_gpu_blocks and memory.cpu.num_free == 64  # every beam freed
+    return [[s.output_token_ids for s in best_hypotheses(g)] for g in groups], scheduler
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_beam_search_matches_transformers_without_eos(family):
+    model = tiny(family)
+    never = model.config.vocab_size + 1
+    expected = [hf_beams(model, p, 8, 3, never) for p in PROMPTS]
+    got, _ = engine_beams(model, PROMPTS, 8, 3, never)
+    assert got == expected
+
+
+# EOS ids chosen so that hypotheses end at different lengths (found by scanning the vocabulary); with
+# 96 every hypothesis of the second prompt ends early, so the early-stopping heuristic decides.
+@pytest.mark.parametrize("family,eos", [("opt", 18), ("llama", 13), ("llama", 42), ("llama", 96)])
+def test_beam_search_matches_transformers_when_beams_end_at_eos(family, eos):
+    model = tiny(family)
+    expected = [hf_beams(model, p, 10, 4, eos) for p in PROMPTS]
+    assert any(len(b) < 10 for beams in expected for b in beams)  # the test exercises EOS
+    got, _ = engine_beams(model, PROMPTS, 10, 4, eos)
+    assert got == expected
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_beam_search_survives_preemption(mode):
+    model = tiny("llama")
+    never = model.config.vocab_size + 1
+    expected = [hf_beams(model, p, 8, 3, never) for p in PROMPTS]
+    got, scheduler = engine_beams(model, PROMPTS, 8, 3, never, num_gpu_blocks=14, mode=mode)
+    assert scheduler.num_preemptions > 0
+    assert got == expected
