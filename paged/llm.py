@@ -82,7 +82,7 @@ def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
 
     path = Path(model)
     if path.is_dir():
-        hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         tokenizer = None
         try:
             from transformers import AutoTokenizer
@@ -97,7 +97,7 @@ def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
             "a preset name (opt-125m, opt-13b, llama-7b, ...)"
         )
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(_hf_config_from_preset(model), torch_dtype=dtype)
+    hf = AutoModelForCausalLM.from_config(_hf_config_from_preset(model), dtype=dtype)
     return hf.to(device).eval(), None
 
 
@@ -166,6 +166,7 @@ class LLM:
             )
         num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
         self.runner.allocate_cache(num_gpu_blocks, num_cpu_blocks)
+        self.runner.warmup()
         self.cache_config = CacheConfig(
             num_gpu_blocks=num_gpu_blocks, block_size=block_size, num_cpu_blocks=num_cpu_blocks
         )

@@ -28,14 +28,14 @@ _RUNNING = SequenceStatus.RUNNING
 
 
 def kernel_ops(device: torch.device):
-    """Triton kernels on CUDA, the PyTorch references elsewhere."""
+    """Triton kernels on CUDA; elsewhere the references' semantics batched for a CPU (kernels/cpu_ops.py)."""
     if device.type == "cuda":
         from kernels import triton_ops
 
         return triton_ops
-    from kernels import reference
+    from kernels import cpu_ops
 
-    return reference
+    return cpu_ops
 
 
 @dataclass
@@ -127,6 +127,28 @@ class ModelRunner:
         self.kv_cache = None
         torch.cuda.empty_cache()
         return peak
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Run a tiny prefill and decodes of one and of two sequences, so that the CPU path's compiled
+        attention (kernels/cpu_ops.py) is built before the first timed step, as vLLM warms up before
+        serving. Writes only into block 0, which the block manager overwrites before any read."""
+        if self.kv_cache.shape[2] == 0:
+            return
+        dev, bs = self.device, self.block_size
+        for n in (1, 2):
+            table = torch.zeros(n, 1, dtype=torch.int32, device=dev)
+            ids = torch.zeros(n, dtype=torch.long, device=dev)
+            pos = torch.zeros(n, dtype=torch.long, device=dev)
+            common = dict(input_ids=ids, positions=pos, slot_mapping=pos % bs, block_tables=table)
+            rows = torch.arange(n, device=dev)
+            cu = torch.arange(n + 1, dtype=torch.int32, device=dev)
+            zeros = torch.zeros(n, dtype=torch.int32, device=dev)
+            self.forward(
+                StepInputs(**common, is_prefill=True, cu_seqlens=cu, cached_lens=zeros, logit_rows=rows)
+            )
+            ones = torch.ones(n, dtype=torch.int32, device=dev)
+            self.forward(StepInputs(**common, is_prefill=False, context_lens=ones, logit_rows=rows))
 
     # ------------------------------------------------------------------ block operations
     def swap(self, pairs: list[tuple[int, int]], to_host: bool) -> None:

@@ -146,3 +146,33 @@ def test_triton_prefill_with_cached_prefix_equals_reference(device, dtype, block
         d**-0.5,
     )
     torch.testing.assert_close(got.cpu(), want, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+# ---------------------------------------------------------------------- the CPU path equals the references
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+def test_cpu_ops_equal_the_references(dtype, heads):
+    from kernels import cpu_native, cpu_ops
+
+    assert cpu_native.available(), cpu_native.build_error  # CI has gcc: the native path must build
+    h, hkv = heads
+    # Lengths spread widely, so the decode path forms several buckets, some with padding.
+    lengths = [1, 5, 16, 17, 64, 90, 300, 301]
+    k_cache, v_cache, tables, _, _ = paged_setup(lengths, hkv, 8, 16, dtype, "cpu", seed=3)
+    assert len(cpu_ops._buckets(lengths)) > 1
+    q = torch.randn(len(lengths), h, 8).to(dtype)
+    ctx = torch.tensor(lengths)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 2e-2}[dtype]
+    expected = ref.paged_decode_attention(q, k_cache, v_cache, tables, ctx, 0.3)
+    for impl in (cpu_native.paged_decode_attention, cpu_ops.compiled_decode_attention):
+        got = impl(q, k_cache, v_cache, tables, ctx, 0.3)
+        torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+    # Prefill: 4, 3 and 6 new tokens after cached prefixes of 0, 5 and 17 tokens.
+    cached = [0, 5, 17]
+    cu = torch.tensor([0, 4, 7, 13], dtype=torch.int32)
+    qp = torch.randn(13, h, 8).to(dtype)
+    kp, vp = torch.randn(13, hkv, 8).to(dtype), torch.randn(13, hkv, 8).to(dtype)
+    args = (qp, kp, vp, k_cache, v_cache, tables[:3], cu, torch.tensor(cached, dtype=torch.int32), 0.3)
+    torch.testing.assert_close(
+        cpu_ops.prefill_attention(*args), ref.prefill_attention(*args), atol=tol, rtol=tol
+    )

@@ -70,8 +70,9 @@ def engine_greedy(
 
 
 @pytest.mark.parametrize("family", ["opt", "llama"])
-def test_greedy_tokens_match_transformers(family):
-    model = tiny(family)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_greedy_tokens_match_transformers(family, dtype):
+    model = tiny(family).to(dtype)
     expected = [hf_greedy(model, p, NEW_TOKENS) for p in PROMPTS]
     got, _ = engine_greedy(model, PROMPTS, NEW_TOKENS)
     assert got == expected

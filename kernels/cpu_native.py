@@ -1,0 +1,95 @@
+"""The native CPU decode attention (kernels/csrc/paged_decode.c), built on first use with the system C
+compiler and called through ctypes.
+
+It reads every cached key and value once, in place through the block table, with OpenMP over
+(sequence, KV head): the memory-bound loop vLLM's CPU backend also writes natively. Built with
+`-O3 -march=native -fopenmp` into ~/.cache/pagelab/kernels/ (keyed by the source, the flags and the
+compiler), so a build happens once per machine and takes about a second. `available()` is False when
+there is no C compiler or the build fails (the reason is kept in `build_error`); kernels/cpu_ops.py
+then falls back to its torch.compile'd function. PAGELAB_NATIVE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "paged_decode.c"
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=fast",
+    "-fno-math-errno",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+]  # reassociation: vectorised dots
+CACHE = Path(os.environ.get("PAGELAB_CACHE", Path.home() / ".cache" / "pagelab")) / "kernels"
+DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+_lib = None
+build_error: str | None = None
+
+
+def _build() -> ctypes.CDLL | None:
+    global build_error
+    if os.environ.get("PAGELAB_NATIVE", "1") == "0":
+        build_error = "PAGELAB_NATIVE=0"
+        return None
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        build_error = "no C compiler (gcc or cc) on PATH"
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    path = CACHE / f"paged_decode_{key}.so"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            out = Path(tmp) / path.name
+            proc = subprocess.run(
+                [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                build_error = f"{cc} failed: {proc.stderr[-2000:]}"
+                return None
+            os.replace(out, path)  # atomic: parallel processes may build at once
+    lib = ctypes.CDLL(str(path))
+    fn = lib.paged_decode_attention
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def available() -> bool:
+    global _lib
+    if _lib is None and build_error is None:
+        _lib = _build()
+    return _lib is not None
+
+
+def paged_decode_attention(query, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
+    """Same contract as kernels/reference.py. CPU tensors; query/caches of one dtype."""
+    assert available(), build_error
+    query = query.contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    lens = context_lens.to(torch.int32).contiguous()
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    assert k_cache.dtype == query.dtype == v_cache.dtype
+    out = torch.empty_like(query)
+    num_seqs, num_heads, head_dim = query.shape
+    _lib.paged_decode_attention(
+        query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+        out.data_ptr(), num_seqs, num_heads, k_cache.shape[2], head_dim, k_cache.shape[1],
+        tables.shape[1], float(scale), DTYPES[query.dtype], torch.get_num_threads(),
+    )  # fmt: skip
+    return out

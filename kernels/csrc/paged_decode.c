@@ -1,0 +1,134 @@
+// Paged decode attention for the CPU path (kernels/cpu_native.py builds this with the system C
+// compiler and calls it through ctypes; no torch headers, so it builds in about a second).
+//
+// One new token per sequence attends to its whole context through its block table (paper section
+// 4.1). Each sequence (or a range of its KV heads) is one OpenMP task: its query heads are scored
+// against every cached key in one pass (grouped-query heads read their shared KV head), softmax in
+// fp32, then one pass over the values. Every key and value is read once, in place, from its block: nothing is
+// gathered into a contiguous copy.
+//
+// Layout (kernels/reference.py): cache [num_blocks, block_size, num_kv_heads, head_dim] contiguous,
+// query and output [num_seqs, num_heads, head_dim] contiguous, block tables [num_seqs, max_blocks]
+// int32, context lengths int32. DTYPE: 0 = float32, 1 = bfloat16, 2 = float16.
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch does
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float load(const void* p, long i, int dtype) {
+    if (dtype == 1) return bf16_to_f32(((const uint16_t*)p)[i]);
+    if (dtype == 2) return (float)((const _Float16*)p)[i];
+    return ((const float*)p)[i];
+}
+
+static inline void store(void* p, long i, float x, int dtype) {
+    if (dtype == 1) ((uint16_t*)p)[i] = f32_to_bf16(x);
+    else if (dtype == 2) ((_Float16*)p)[i] = (_Float16)x;
+    else ((float*)p)[i] = x;
+}
+
+// Convert one head_dim row to fp32: a loop the compiler vectorises for each dtype.
+static inline void row_to_f32(const void* base, long offset, int d, int dtype, float* out) {
+    if (dtype == 1) {
+        const uint16_t* p = (const uint16_t*)base + offset;
+        for (int i = 0; i < d; i++) out[i] = bf16_to_f32(p[i]);
+    } else if (dtype == 2) {
+        const _Float16* p = (const _Float16*)base + offset;
+        for (int i = 0; i < d; i++) out[i] = (float)p[i];
+    } else {
+        memcpy(out, (const float*)base + offset, sizeof(float) * d);
+    }
+}
+
+void paged_decode_attention(const void* query, const void* k_cache, const void* v_cache,
+                            const int32_t* block_tables, const int32_t* context_lens, void* out,
+                            int num_seqs, int num_heads, int num_kv_heads, int head_dim,
+                            int block_size, int max_blocks, float scale, int dtype, int num_threads) {
+    const int group = num_heads / num_kv_heads;
+    const long token_stride = (long)num_kv_heads * head_dim;  // between tokens of a block
+    // A task is one sequence and a contiguous range of its KV heads: its reads of each token are one
+    // contiguous run of memory (the heads are adjacent in the cache), so the hardware prefetcher
+    // streams them. Heads are split only when there are fewer sequences than threads.
+    int splits = num_seqs >= num_threads ? 1 : (num_threads + num_seqs - 1) / num_seqs;
+    if (splits > num_kv_heads) splits = num_kv_heads;
+    const int heads_per = (num_kv_heads + splits - 1) / splits;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(num_threads)
+    for (int s = 0; s < num_seqs; s++) {
+        for (int part = 0; part < splits; part++) {
+            const int h0 = part * heads_per;
+            const int h1 = h0 + heads_per < num_kv_heads ? h0 + heads_per : num_kv_heads;
+            if (h0 >= h1) continue;
+            const int nq = (h1 - h0) * group;  // query heads of this task
+            const int width = (h1 - h0) * head_dim;  // elements read per token
+            const int len = context_lens[s];
+            const int32_t* table = block_tables + (long)s * max_blocks;
+            float* q = malloc(sizeof(float) * nq * head_dim);
+            float* acc = calloc((size_t)nq * head_dim, sizeof(float));
+            float* scores = malloc(sizeof(float) * nq * (size_t)(len > 0 ? len : 1));
+            float* row = malloc(sizeof(float) * width);
+            for (int j = 0; j < nq; j++)
+                for (int i = 0; i < head_dim; i++)
+                    q[j * head_dim + i] =
+                        load(query, ((long)s * num_heads + h0 * group + j) * head_dim + i, dtype) * scale;
+            // Scores: one pass over the keys.
+            for (int t = 0; t < len; t++) {
+                long tok = (long)table[t / block_size] * block_size + t % block_size;
+                row_to_f32(k_cache, tok * token_stride + (long)h0 * head_dim, width, dtype, row);
+                for (int j = 0; j < nq; j++) {
+                    const float* qj = q + j * head_dim;
+                    const float* kr = row + (j / group) * head_dim;
+                    float dot = 0.f;
+                    for (int i = 0; i < head_dim; i++) dot += qj[i] * kr[i];
+                    scores[(long)j * len + t] = dot;
+                }
+            }
+            // Softmax per query head, in fp32.
+            for (int j = 0; j < nq; j++) {
+                float* sj = scores + (long)j * len;
+                float m = -INFINITY, sum = 0.f;
+                for (int t = 0; t < len; t++) m = sj[t] > m ? sj[t] : m;
+                for (int t = 0; t < len; t++) {
+                    sj[t] = expf(sj[t] - m);
+                    sum += sj[t];
+                }
+                float inv = sum > 0.f ? 1.f / sum : 0.f;
+                for (int t = 0; t < len; t++) sj[t] *= inv;
+            }
+            // Weighted values: one pass over the values.
+            for (int t = 0; t < len; t++) {
+                long tok = (long)table[t / block_size] * block_size + t % block_size;
+                row_to_f32(v_cache, tok * token_stride + (long)h0 * head_dim, width, dtype, row);
+                for (int j = 0; j < nq; j++) {
+                    float p = scores[(long)j * len + t];
+                    const float* vr = row + (j / group) * head_dim;
+                    float* a = acc + j * head_dim;
+                    for (int i = 0; i < head_dim; i++) a[i] += p * vr[i];
+                }
+            }
+            for (int j = 0; j < nq; j++)
+                for (int i = 0; i < head_dim; i++)
+                    store(out, ((long)s * num_heads + h0 * group + j) * head_dim + i, acc[j * head_dim + i],
+                          dtype);
+            free(q);
+            free(acc);
+            free(scores);
+            free(row);
+        }
+    }
+}
