@@ -129,12 +129,26 @@ class LLM:
         max_model_len: int | None = None,
         max_num_batched_tokens: int | None = None,
         preemption_mode: str = "auto",
+        tensor_parallel_size: int = 1,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tp = tensor_parallel_size
+        if tp < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tp}")
+        if tp > 1 and device.startswith("cuda") and kv_cache_gib is None:
+            raise ValueError(
+                "with tensor_parallel_size > 1 give kv_cache_gib (per rank); profiling is 1-GPU only"
+            )
+        self._tp_workers = []
+        if tp > 1:
+            from paged.tensor_parallel import start_workers
+
+            device = "cuda:0" if device.startswith("cuda") else device
+            self._tp_workers = start_workers(model, dtype, device, seed, block_size, tp)
         self.model, self.tokenizer = load_hf_model(model, DTYPES[dtype], device, seed)
         cfg = self.model.config
         max_len = max_model_len or cfg.max_position_embeddings
@@ -148,7 +162,7 @@ class LLM:
             max_model_len=max_len,
             preemption_mode=preemption_mode,
         )
-        self.runner = ModelRunner(self.model, 0, block_size, 0)
+        self.runner = ModelRunner(self.model, 0, block_size, 0, tp_rank=0, tp_size=tp)
         block_bytes = self.runner.block_bytes
         if kv_cache_gib is not None:
             num_gpu_blocks = int(kv_cache_gib * 1024**3) // block_bytes
@@ -165,6 +179,10 @@ class LLM:
                 "max_model_len"
             )
         num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
+        if tp > 1:  # every rank allocates the same blocks (of its own heads) and warms up in step
+            import torch.distributed as dist
+
+            dist.broadcast_object_list([(num_gpu_blocks, num_cpu_blocks)], src=0)
         self.runner.allocate_cache(num_gpu_blocks, num_cpu_blocks)
         self.runner.warmup()
         self.cache_config = CacheConfig(
@@ -173,6 +191,14 @@ class LLM:
         self.seed = seed
         self.eos_token_id = getattr(cfg, "eos_token_id", None)
         self._next_id = 0
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (also run at exit)."""
+        if self._tp_workers:
+            from paged.tensor_parallel import stop_workers
+
+            stop_workers(self._tp_workers)
+            self._tp_workers = []
 
     def generate(
         self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None

@@ -56,7 +56,22 @@ class StepInputs:
 class ModelRunner:
     """Runs a transformers OPT or LLaMA model over a paged KV cache."""
 
-    def __init__(self, hf_model, num_gpu_blocks: int, block_size: int, num_cpu_blocks: int = 0) -> None:
+    def __init__(
+        self,
+        hf_model,
+        num_gpu_blocks: int,
+        block_size: int,
+        num_cpu_blocks: int = 0,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        """With tp_size > 1 (torch.distributed initialised), this rank's shard of the model is cut here
+        and its KV cache holds only its heads (paged/tensor_parallel.py)."""
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        if tp_size > 1:
+            from paged.tensor_parallel import shard_model
+
+            shard_model(hf_model, tp_rank, tp_size)
         self.model = hf_model.eval()
         cfg = hf_model.config
         self.family = cfg.model_type
@@ -69,8 +84,8 @@ class ModelRunner:
         p = next(hf_model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.ops = kernel_ops(self.device)
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.num_heads = cfg.num_attention_heads // tp_size  # this rank's heads
+        self.num_kv_heads = (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) // tp_size
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
         self.block_size = block_size
@@ -196,9 +211,9 @@ class ModelRunner:
         q = attn.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        h = h + attn.out_proj(self._attention(i, q, k, v, inputs))
+        h = h + self._reduce(attn.out_proj(self._attention(i, q, k, v, inputs)))
         x = layer.final_layer_norm(h)
-        return h + layer.fc2(layer.activation_fn(layer.fc1(x)))
+        return h + self._reduce(layer.fc2(layer.activation_fn(layer.fc1(x))))
 
     def _llama_layer(self, i, layer, h, inputs, cos, sin):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -211,8 +226,23 @@ class ModelRunner:
         v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
-        h = h + attn.o_proj(self._attention(i, q, k, v, inputs))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h + self._reduce(attn.o_proj(self._attention(i, q, k, v, inputs)))
+        return h + self._reduce(layer.mlp(layer.post_attention_layernorm(h)))
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum a row-parallel projection's partial outputs over the tensor-parallel ranks."""
+        if self.tp_size == 1:
+            return x
+        from paged.tensor_parallel import all_reduce
+
+        return all_reduce(x)
+
+    def run_step(self, swap_out, swap_in, copies, inputs: StepInputs | None) -> torch.Tensor | None:
+        """One step's block operations (in the executor contract's order), then the forward pass."""
+        self.swap(swap_out, to_host=True)
+        self.swap(swap_in, to_host=False)
+        self.copy(copies)
+        return None if inputs is None else self.forward(inputs)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
@@ -304,13 +334,16 @@ class RealExecutor:
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         start = time.perf_counter()
         r = self.runner
-        r.swap(out.blocks_to_swap_out, to_host=True)
-        r.swap(out.blocks_to_swap_in, to_host=False)
-        r.copy(out.blocks_to_copy)
+        inputs, per_group = r.prepare(out, self.memory) if out.scheduled_groups else (None, [])
+        step = (out.blocks_to_swap_out, out.blocks_to_swap_in, out.blocks_to_copy, inputs)
+        if r.tp_size > 1:  # one scheduler: every rank applies this rank's decisions
+            from paged.tensor_parallel import broadcast_step
+
+            broadcast_step(step)
+        logits = r.run_step(*step)
         outputs: list[list[Sample]] = []
-        if out.scheduled_groups:
-            inputs, per_group = r.prepare(out, self.memory)
-            logits = r.forward(inputs).cpu()
+        if inputs is not None:
+            logits = logits.cpu()
             logprobs = None
             for group, entries in zip(out.scheduled_groups, per_group):
                 params = group.sampling_params
