@@ -22,18 +22,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_decode.c"
-FLAGS = [
-    "-O3",
-    "-march=native",
-    "-fopenmp",
-    "-shared",
-    "-fPIC",
-    "-ffp-contract=fast",
-    "-fno-math-errno",
-    "-fassociative-math",
-    "-fno-signed-zeros",
-    "-fno-trapping-math",
-]  # reassociation: vectorised dots
+# -ffast-math: reassociated (vectorised) dot products and glibc's vector expf; the kernel has no
+# infinities or NaNs to preserve (no masking: each sequence reads exactly its context).
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 CACHE = Path(os.environ.get("PAGELAB_CACHE", Path.home() / ".cache" / "pagelab")) / "kernels"
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 

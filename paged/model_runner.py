@@ -344,13 +344,21 @@ class RealExecutor:
         outputs: list[list[Sample]] = []
         if inputs is not None:
             logits = logits.cpu()
-            logprobs = None
+            # Whole-batch log-softmax and argmax: one call each instead of one per sequence.
+            logprobs = torch.log_softmax(logits, dim=-1)
+            greedy = torch.argmax(logits, dim=-1).tolist()
             for group, entries in zip(out.scheduled_groups, per_group):
                 params = group.sampling_params
                 if params.use_beam_search:
-                    if logprobs is None:
-                        logprobs = torch.log_softmax(logits, dim=-1)
                     outputs.append(beam_search_step(group, entries, logprobs))
+                    continue
+                if params.temperature == 0:
+                    outputs.append(
+                        [
+                            Sample(seq.seq_id, greedy[row], float(logprobs[row, greedy[row]]))
+                            for seq, row in entries
+                        ]
+                    )
                     continue
                 samples = []
                 gen = self.generator

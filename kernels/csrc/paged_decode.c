@@ -87,22 +87,25 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
                     q[j * head_dim + i] =
                         load(query, ((long)s * num_heads + h0 * group + j) * head_dim + i, dtype) * scale;
             // Scores: one pass over the keys.
-            for (int t = 0; t < len; t++) {
-                long tok = (long)table[t / block_size] * block_size + t % block_size;
-                row_to_f32(k_cache, tok * token_stride + (long)h0 * head_dim, width, dtype, row);
-                for (int j = 0; j < nq; j++) {
-                    const float* qj = q + j * head_dim;
-                    const float* kr = row + (j / group) * head_dim;
-                    float dot = 0.f;
-                    for (int i = 0; i < head_dim; i++) dot += qj[i] * kr[i];
-                    scores[(long)j * len + t] = dot;
+            for (int t0 = 0; t0 < len; t0 += block_size) {  // block by block: no division per token
+                const long first = (long)table[t0 / block_size] * block_size;
+                const int n = len - t0 < block_size ? len - t0 : block_size;
+                for (int o = 0; o < n; o++) {
+                    row_to_f32(k_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
+                    for (int j = 0; j < nq; j++) {
+                        const float* qj = q + j * head_dim;
+                        const float* kr = row + (j / group) * head_dim;
+                        float dot = 0.f;
+                        for (int i = 0; i < head_dim; i++) dot += qj[i] * kr[i];
+                        scores[(long)j * len + t0 + o] = dot;
+                    }
                 }
             }
             // Softmax per query head, in fp32.
             for (int j = 0; j < nq; j++) {
                 float* sj = scores + (long)j * len;
-                float m = -INFINITY, sum = 0.f;
-                for (int t = 0; t < len; t++) m = sj[t] > m ? sj[t] : m;
+                float m = sj[0], sum = 0.f;  // len >= 1; no infinities (built with -ffast-math)
+                for (int t = 1; t < len; t++) m = sj[t] > m ? sj[t] : m;
                 for (int t = 0; t < len; t++) {
                     sj[t] = expf(sj[t] - m);
                     sum += sj[t];
@@ -111,14 +114,17 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
                 for (int t = 0; t < len; t++) sj[t] *= inv;
             }
             // Weighted values: one pass over the values.
-            for (int t = 0; t < len; t++) {
-                long tok = (long)table[t / block_size] * block_size + t % block_size;
-                row_to_f32(v_cache, tok * token_stride + (long)h0 * head_dim, width, dtype, row);
-                for (int j = 0; j < nq; j++) {
-                    float p = scores[(long)j * len + t];
-                    const float* vr = row + (j / group) * head_dim;
-                    float* a = acc + j * head_dim;
-                    for (int i = 0; i < head_dim; i++) a[i] += p * vr[i];
+            for (int t0 = 0; t0 < len; t0 += block_size) {
+                const long first = (long)table[t0 / block_size] * block_size;
+                const int n = len - t0 < block_size ? len - t0 : block_size;
+                for (int o = 0; o < n; o++) {
+                    row_to_f32(v_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
+                    for (int j = 0; j < nq; j++) {
+                        const float p = scores[(long)j * len + t0 + o];
+                        const float* vr = row + (j / group) * head_dim;
+                        float* a = acc + j * head_dim;
+                        for (int i = 0; i < head_dim; i++) a[i] += p * vr[i];
+                    }
                 }
             }
             for (int j = 0; j < nq; j++)
