@@ -33,7 +33,7 @@ from harness.presets import GPUSpec, ModelSpec
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.json"
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=8)
 def load_calibration(path: str = str(CALIBRATION_FILE)) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -98,7 +98,7 @@ class CostModel:
         calibration: dict | None = None,
         max_table_tokens: int = 8192,
     ) -> None:
-        cal = calibration or load_calibration()
+        cal = calibration or load_calibration(gpu.calibration_file or str(CALIBRATION_FILE))
         self.model, self.gpu, self.tp, self.block_size = model, gpu, tp, block_size
         hw = cal[gpu.calibration]
         self._gemm_tokens = hw["gemm"]["tokens"]

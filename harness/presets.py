@@ -93,6 +93,9 @@ class GPUSpec:
     nvlink_gbps: float  # all links, both directions
     pcie_gbps: float  # host link, one direction
     calibration: str  # which operator calibration applies (harness/data/calibration.json)
+    # A calibration JSON of the same schema measured for this machine (harness/profile_cpu.py), relative
+    # to the preset's YAML; empty: the built-in harness/data/calibration.json.
+    calibration_file: str = ""
 
     @property
     def memory_bytes(self) -> int:
@@ -122,6 +125,8 @@ def _load(kind: str, name_or_path: str, cls):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    if data.get("calibration_file"):
+        data["calibration_file"] = str((path.parent / data["calibration_file"]).resolve())
     try:
         return cls(**data)
     except TypeError as e:

@@ -43,6 +43,8 @@ class SimConfig:
     enable_prefix_caching: bool = False
     backend: str = "sim"  # sim: the cost model's clock; real: the model runner, wall-clock step times
     real_kv_cache_gib: float = 0.25  # real backend: KV cache memory (the GPU presets' capacity is for GPUs)
+    kv_cache_gib: float | None = None  # both backends: this much KV memory instead of the preset's capacity
+    real_dtype: str = "auto"  # real backend: float32 | float16 | bfloat16; auto: fp16 on CUDA, fp32 on CPU
     track_memory: bool = True  # Figure 2 accounting after every step
     memory_every: int = 1  # ... or after every k-th step (an unbiased sample, k times cheaper)
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
@@ -85,6 +87,12 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     cost = CostModel(model, gpu, tp, cfg.block_size)
     if cfg.backend == "real":
         runner, cap = _real_runner(cfg, model, cap)
+    elif cfg.kv_cache_gib is not None:
+        from dataclasses import replace
+
+        block_bytes = cfg.block_size * model.kv_bytes_per_token // tp
+        blocks = max(1, int(cfg.kv_cache_gib * 1024**3) // block_bytes)
+        cap = replace(cap, num_gpu_blocks=blocks, kv_bytes=blocks * block_bytes)
     cache_cfg = CacheConfig(
         num_gpu_blocks=cap.num_gpu_blocks,
         block_size=cfg.block_size,
@@ -117,11 +125,19 @@ def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
 
     if cfg.tensor_parallel_size != 1:
         raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
+    from paged.llm import DTYPES
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float32 if device == "cpu" else torch.float16
+    if cfg.real_dtype == "auto":
+        dtype = torch.float32 if device == "cpu" else torch.float16
+    elif cfg.real_dtype in DTYPES:
+        dtype = DTYPES[cfg.real_dtype]
+    else:
+        raise ValueError(f"real_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg.real_dtype!r}")
     hf, _ = load_hf_model(model.name, dtype, device, cfg.seed)
     block_bytes = cfg.block_size * model.kv_bytes_per_token // model.dtype_bytes * dtype.itemsize
-    num_blocks = max(1, int(cfg.real_kv_cache_gib * 1024**3) // block_bytes)
+    gib = cfg.kv_cache_gib if cfg.kv_cache_gib is not None else cfg.real_kv_cache_gib
+    num_blocks = max(1, int(gib * 1024**3) // block_bytes)
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
     num_cpu = int(cfg.swap_space_gib * 1024**3) // block_bytes if device == "cuda" else num_blocks
     runner = ModelRunner(hf, num_blocks, cfg.block_size, num_cpu)

@@ -11,6 +11,9 @@
 // query and output [num_seqs, num_heads, head_dim] contiguous, block tables [num_seqs, max_blocks]
 // int32, context lengths int32. DTYPE: 0 = float32, 1 = bfloat16, 2 = float16.
 
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,6 +59,17 @@ static inline void row_to_f32(const void* base, long offset, int d, int dtype, f
     }
 }
 
+#ifdef __AVX512BF16__
+// bf16 dot product with AVX512-BF16 (vdpbf16ps): pairs of bf16 products accumulated in fp32, no
+// conversion of the key row. d must be a multiple of 32.
+static inline float dot_bf16(const uint16_t* a, const uint16_t* b, int d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 32)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + i), (__m512bh)_mm512_loadu_si512(b + i));
+    return _mm512_reduce_add_ps(acc);
+}
+#endif
+
 void paged_decode_attention(const void* query, const void* k_cache, const void* v_cache,
                             const int32_t* block_tables, const int32_t* context_lens, void* out,
                             int num_seqs, int num_heads, int num_kv_heads, int head_dim,
@@ -90,6 +104,18 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
             for (int t0 = 0; t0 < len; t0 += block_size) {  // block by block: no division per token
                 const long first = (long)table[t0 / block_size] * block_size;
                 const int n = len - t0 < block_size ? len - t0 : block_size;
+#ifdef __AVX512BF16__
+                if (dtype == 1 && head_dim % 32 == 0) {
+                    const uint16_t* qb = (const uint16_t*)query + ((long)s * num_heads + h0 * group) * head_dim;
+                    for (int o = 0; o < n; o++) {
+                        const uint16_t* kr = (const uint16_t*)k_cache + (first + o) * token_stride + (long)h0 * head_dim;
+                        for (int j = 0; j < nq; j++)
+                            scores[(long)j * len + t0 + o] =
+                                scale * dot_bf16(qb + j * head_dim, kr + (j / group) * head_dim, head_dim);
+                    }
+                    continue;
+                }
+#endif
                 for (int o = 0; o < n; o++) {
                     row_to_f32(k_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
                     for (int j = 0; j < nq; j++) {
