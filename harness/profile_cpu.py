@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -139,7 +140,8 @@ def measure(model_name: str, reps: int = 7) -> tuple[dict, dict]:
 
     hardware = {
         "name": f"cpu-{model_name}",
-        "memory_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1) if torch.cuda.is_available() else 16,
+        # RAM; the comparison fixes the KV memory itself (kv_cache_gib), so this only bounds it.
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "hbm_bandwidth_gbps": round(copy_gbps, 2),
         "peak_fp16_tflops": round(peak_tflops, 4),
         "nvlink_gbps": 0,
