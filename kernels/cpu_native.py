@@ -58,7 +58,24 @@ def _build() -> ctypes.CDLL | None:
     fn = lib.paged_decode_attention
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    g = lib.greedy_rows
+    g.restype = None
+    g.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     return lib
+
+
+def greedy_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax token, its log-probability) of each row of fp32 logits [rows, vocab]."""
+    assert available(), build_error
+    logits = logits.contiguous()
+    assert logits.dtype == torch.float32
+    rows, vocab = logits.shape
+    tokens = torch.empty(rows, dtype=torch.int64)
+    logprobs = torch.empty(rows, dtype=torch.float32)
+    _lib.greedy_rows(
+        logits.data_ptr(), rows, vocab, tokens.data_ptr(), logprobs.data_ptr(), torch.get_num_threads()
+    )
+    return tokens, logprobs
 
 
 def available() -> bool:

@@ -91,6 +91,7 @@ class ModelRunner:
         self.block_size = block_size
         self.num_layers = cfg.num_hidden_layers
         self.allocate_cache(num_gpu_blocks, num_cpu_blocks)
+        self._head_buf = self._logits_buf = None
         if self.family == "opt":
             dec = hf_model.model.decoder
             self.layers, self.final_norm = dec.layers, dec.final_layer_norm
@@ -259,7 +260,20 @@ class ModelRunner:
             for i, layer in enumerate(self.layers):
                 h = self._llama_layer(i, layer, h, inputs, cos, sin)
         h = self.final_norm(h[inputs.logit_rows])
-        return m.lm_head(h).float()
+        return self._lm_head(h)
+
+    def _lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [rows, vocab], written into buffers kept across steps: on a CPU a fresh
+        [rows, vocab] tensor per step costs page faults that took longer than the LM head's GEMM. The
+        result is only valid until the next forward."""
+        w = self.model.lm_head.weight
+        n, vocab = h.shape[0], w.shape[0]
+        if self._head_buf is None or self._head_buf.shape[0] < n:
+            rows = max(n, 2 * (0 if self._head_buf is None else self._head_buf.shape[0]))
+            self._head_buf = torch.empty(rows, vocab, dtype=h.dtype, device=h.device)
+            self._logits_buf = torch.empty(rows, vocab, dtype=torch.float32, device=h.device)
+        out = torch.matmul(h, w.t(), out=self._head_buf[:n])
+        return self._logits_buf[:n].copy_(out)
 
     # ------------------------------------------------------------------ inputs from a scheduled step
     def prepare(self, out: SchedulerOutput, memory: KVCacheManager) -> tuple[StepInputs, list]:
@@ -319,6 +333,19 @@ class ModelRunner:
         return inputs, per_group
 
 
+def _greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Each row's argmax and its log-probability: natively on a CPU (one pass, no [rows, vocab]
+    temporaries), else with torch."""
+    from kernels import cpu_native
+
+    if logits.device.type == "cpu" and cpu_native.available():
+        tokens, lp = cpu_native.greedy_rows(logits)
+    else:
+        tokens = torch.argmax(logits, dim=-1)
+        lp = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return tokens.tolist(), lp.tolist()
+
+
 class RealExecutor:
     """The engine's executor on a real model: block operations, the forward pass, sampling, wall time.
 
@@ -344,21 +371,19 @@ class RealExecutor:
         outputs: list[list[Sample]] = []
         if inputs is not None:
             logits = logits.cpu()
-            # Whole-batch log-softmax and argmax: one call each instead of one per sequence.
-            logprobs = torch.log_softmax(logits, dim=-1)
-            greedy = torch.argmax(logits, dim=-1).tolist()
-            for group, entries in zip(out.scheduled_groups, per_group):
+            groups = out.scheduled_groups
+            # Greedy rows for the whole batch at once; a full log-softmax only when a group needs it.
+            greedy, greedy_lp = _greedy(logits)
+            logprobs = None
+            if any(g.sampling_params.use_beam_search for g in groups):
+                logprobs = torch.log_softmax(logits, dim=-1)
+            for group, entries in zip(groups, per_group):
                 params = group.sampling_params
                 if params.use_beam_search:
                     outputs.append(beam_search_step(group, entries, logprobs))
                     continue
                 if params.temperature == 0:
-                    outputs.append(
-                        [
-                            Sample(seq.seq_id, greedy[row], float(logprobs[row, greedy[row]]))
-                            for seq, row in entries
-                        ]
-                    )
+                    outputs.append([Sample(seq.seq_id, greedy[row], greedy_lp[row]) for seq, row in entries])
                     continue
                 samples = []
                 gen = self.generator

@@ -176,3 +176,13 @@ def test_cpu_ops_equal_the_references(dtype, heads):
     torch.testing.assert_close(
         cpu_ops.prefill_attention(*args), ref.prefill_attention(*args), atol=tol, rtol=tol
     )
+
+
+def test_native_greedy_rows_equal_torch():
+    from kernels import cpu_native
+
+    logits = torch.randn(7, 1000, generator=torch.Generator().manual_seed(1)) * 3
+    tokens, lp = cpu_native.greedy_rows(logits)
+    assert tokens.tolist() == torch.argmax(logits, -1).tolist()
+    expected = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+    torch.testing.assert_close(lp, expected, atol=1e-5, rtol=1e-5)

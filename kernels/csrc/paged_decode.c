@@ -164,3 +164,25 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
         }
     }
 }
+
+// Greedy sampling over fp32 logits [rows, vocab]: each row's argmax and the log-probability of it
+// (logit - logsumexp), in one pass per row with OpenMP over rows. Replaces a full log-softmax whose
+// [rows, vocab] temporaries cost more than the LM head on a CPU.
+void greedy_rows(const float* logits, int rows, int vocab, int64_t* tokens, float* logprobs,
+                 int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int r = 0; r < rows; r++) {
+        const float* x = logits + (long)r * vocab;
+        float m = x[0];
+        int best = 0;
+        for (int i = 1; i < vocab; i++)
+            if (x[i] > m) {
+                m = x[i];
+                best = i;
+            }
+        float sum = 0.f;
+        for (int i = 0; i < vocab; i++) sum += expf(x[i] - m);
+        tokens[r] = best;
+        logprobs[r] = -logf(sum);  // x[best] - (m + log(sum)) with x[best] == m
+    }
+}
