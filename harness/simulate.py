@@ -141,6 +141,7 @@ def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
     num_cpu = int(cfg.swap_space_gib * 1024**3) // block_bytes if device == "cuda" else num_blocks
     runner = ModelRunner(hf, num_blocks, cfg.block_size, num_cpu)
+    runner.warmup()  # kernels built before the first measured step
     return runner, replace(
         cap, num_gpu_blocks=num_blocks, num_cpu_blocks=num_cpu, kv_bytes=num_blocks * block_bytes
     )

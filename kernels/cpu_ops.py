@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import cpu_native
-from kernels.reference import copy_blocks, write_kv_cache
+from kernels.reference import copy_blocks, gather_kv, write_kv_cache
 
 __all__ = ["copy_blocks", "write_kv_cache", "paged_decode_attention", "prefill_attention"]
 
@@ -122,7 +122,6 @@ def prefill_attention(
     One fused attention call per sequence: prompts are few per step and long."""
     out = torch.empty_like(query)
     gqa = query.shape[1] != key.shape[1]
-    block_size = k_cache.shape[1]
     cu, cached_all = cu_seqlens.tolist(), cached_lens.tolist()
     for i, cached in enumerate(cached_all):
         start, end = cu[i], cu[i + 1]
@@ -135,10 +134,8 @@ def prefill_attention(
                 q, k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=scale, enable_gqa=gqa
             )
         else:
-            nblocks = -(-cached // block_size)
-            table = block_tables[i, :nblocks].long()
-            k_ctx = k_cache[table].flatten(0, 1)[:cached]
-            v_ctx = v_cache[table].flatten(0, 1)[:cached]
+            k_ctx = gather_kv(k_cache, block_tables[i], cached)
+            v_ctx = gather_kv(v_cache, block_tables[i], cached)
             k = torch.cat([k_ctx.to(k.dtype), k]).transpose(0, 1)
             v = torch.cat([v_ctx.to(v.dtype), v]).transpose(0, 1)
             n = end - start

@@ -201,9 +201,13 @@ class LLM:
             self._tp_workers = []
 
     def generate(
-        self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None
+        self,
+        prompts,
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = False,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion. sampling_params: one for all prompts, or one per prompt.
+        """Run every prompt to completion. sampling_params: one for all prompts, or one per prompt;
+        use_tqdm: a progress bar over finished requests.
         A request with `seed` samples from its own generator (reproducible in any batch); the others
         share one seeded by the LLM's seed."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -231,7 +235,14 @@ class LLM:
                 SequenceGroup(str(self._next_id), list(prompt), params, 0.0, eos_token_id=self.eos_token_id)
             )
             self._next_id += 1
-        engine.run(groups)
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(groups), unit="req", desc="generate")
+        engine.run(groups, on_finish=bar and (lambda _g: bar.update(1)))
+        if bar is not None:
+            bar.close()
         results = []
         for g in groups:
             if g.reject_reason is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -296,10 +297,16 @@ class ModelRunner:
                 if start >= n:
                     pending.append(seq)
                     continue
-                for p in range(start, n):
-                    ids.append(seq.token_ids[p])
-                    pos.append(p)
-                    slots.append(table[p // bs] * bs + p % bs)
+                if n - start == 1:  # decode: one token
+                    ids.append(seq.token_ids[start])
+                    pos.append(start)
+                    slots.append(table[start // bs] * bs + start % bs)
+                else:  # a prompt: whole blocks of slots at once, no per-token Python
+                    ids.extend(seq.token_ids[start:n])
+                    pos.extend(range(start, n))
+                    first, last = start // bs, (n - 1) // bs
+                    block_slots = [s for b in table[first : last + 1] for s in range(b * bs, b * bs + bs)]
+                    slots.extend(block_slots[start - first * bs : n - first * bs])
                 tables.append(table)
                 if out.is_prefill:
                     cu.append(cu[-1] + n - start)
@@ -356,7 +363,8 @@ class RealExecutor:
         self.runner = runner
         self.memory = memory
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self._request_generators: dict[str, torch.Generator] = {}
+        # Per-request generators, dropped with their request (weak keys: no growth over a long run).
+        self._request_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         start = time.perf_counter()
@@ -388,10 +396,10 @@ class RealExecutor:
                 samples = []
                 gen = self.generator
                 if params.seed is not None:  # vLLM's per-request seed
-                    gen = self._request_generators.get(group.request_id)
+                    gen = self._request_generators.get(group)
                     if gen is None:
                         gen = torch.Generator(device="cpu").manual_seed(params.seed)
-                        self._request_generators[group.request_id] = gen
+                        self._request_generators[group] = gen
                 for seq, row in entries:
                     token, logprob = self._sample(logits[row], params, gen)
                     samples.append(Sample(seq.seq_id, token, logprob))
