@@ -11,9 +11,7 @@
 // query and output [num_seqs, num_heads, head_dim] contiguous, block tables [num_seqs, max_blocks]
 // int32, context lengths int32. DTYPE: 0 = float32, 1 = bfloat16, 2 = float16.
 
-#ifdef __AVX512BF16__
 #include <immintrin.h>
-#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -59,6 +57,14 @@ static inline void row_to_f32(const void* base, long offset, int d, int dtype, f
     }
 }
 
+// Software prefetch of one token's row of this task's heads in the NEXT block of the sequence, at
+// the same offset: a block's rows are contiguous but blocks lie anywhere, and the hardware prefetcher
+// stops at every 4 KiB page, so without this each page of a scattered block starts with a DRAM miss.
+// Measured at 64 x 512 tokens, 12 x 64 heads, bf16, random blocks, this 2-core EPYC: 19 -> 37 GB/s.
+static inline void prefetch_row(const char* p, int bytes) {
+    for (int b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
 #ifdef __AVX512BF16__
 // bf16 dot product with AVX512-BF16 (vdpbf16ps): pairs of bf16 products accumulated in fp32, no
 // conversion of the key row. d must be a multiple of 32.
@@ -76,6 +82,7 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
                             int block_size, int max_blocks, float scale, int dtype, int num_threads) {
     const int group = num_heads / num_kv_heads;
     const long token_stride = (long)num_kv_heads * head_dim;  // between tokens of a block
+    const int elem = dtype == 0 ? 4 : 2;  // bytes per element
     // A task is one sequence and a contiguous range of its KV heads: its reads of each token are one
     // contiguous run of memory (the heads are adjacent in the cache), so the hardware prefetcher
     // streams them. Heads are split only when there are fewer sequences than threads.
@@ -104,10 +111,15 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
             for (int t0 = 0; t0 < len; t0 += block_size) {  // block by block: no division per token
                 const long first = (long)table[t0 / block_size] * block_size;
                 const int n = len - t0 < block_size ? len - t0 : block_size;
+                // the next block of keys, or (at the end) the first block of values
+                const char* ahead = t0 + block_size < len
+                    ? (const char*)k_cache + ((long)table[t0 / block_size + 1] * block_size * token_stride + (long)h0 * head_dim) * elem
+                    : (const char*)v_cache + ((long)table[0] * block_size * token_stride + (long)h0 * head_dim) * elem;
 #ifdef __AVX512BF16__
                 if (dtype == 1 && head_dim % 32 == 0) {
                     const uint16_t* qb = (const uint16_t*)query + ((long)s * num_heads + h0 * group) * head_dim;
                     for (int o = 0; o < n; o++) {
+                        prefetch_row(ahead + (long)o * token_stride * elem, width * elem);
                         const uint16_t* kr = (const uint16_t*)k_cache + (first + o) * token_stride + (long)h0 * head_dim;
                         for (int j = 0; j < nq; j++)
                             scores[(long)j * len + t0 + o] =
@@ -117,6 +129,7 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
                 }
 #endif
                 for (int o = 0; o < n; o++) {
+                    prefetch_row(ahead + (long)o * token_stride * elem, width * elem);
                     row_to_f32(k_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
                     for (int j = 0; j < nq; j++) {
                         const float* qj = q + j * head_dim;
@@ -143,7 +156,11 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
             for (int t0 = 0; t0 < len; t0 += block_size) {
                 const long first = (long)table[t0 / block_size] * block_size;
                 const int n = len - t0 < block_size ? len - t0 : block_size;
+                const char* ahead = t0 + block_size < len
+                    ? (const char*)v_cache + ((long)table[t0 / block_size + 1] * block_size * token_stride + (long)h0 * head_dim) * elem
+                    : NULL;
                 for (int o = 0; o < n; o++) {
+                    if (ahead) prefetch_row(ahead + (long)o * token_stride * elem, width * elem);
                     row_to_f32(v_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
                     for (int j = 0; j < nq; j++) {
                         const float p = scores[(long)j * len + t0 + o];
