@@ -127,19 +127,21 @@ def prefill_attention(
         start, end = cu[i], cu[i + 1]
         if end == start:
             continue
-        q = query[start:end].transpose(0, 1)  # [H, n, D]
+        # [1, H, n, D]: 4-D inputs let PyTorch pick its fused CPU flash kernel; 3-D ones fall back to
+        # the math path, which materialises the scores (measured 2.8x slower at 300 tokens, 4x at 1000).
+        q = query[start:end].transpose(0, 1)[None]
         k, v = key[start:end], value[start:end]
         if cached == 0:
             o = F.scaled_dot_product_attention(
-                q, k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=scale, enable_gqa=gqa
+                q, k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, scale=scale, enable_gqa=gqa
             )
         else:
             k_ctx = gather_kv(k_cache, block_tables[i], cached)
             v_ctx = gather_kv(v_cache, block_tables[i], cached)
-            k = torch.cat([k_ctx.to(k.dtype), k]).transpose(0, 1)
-            v = torch.cat([v_ctx.to(v.dtype), v]).transpose(0, 1)
+            k = torch.cat([k_ctx.to(k.dtype), k]).transpose(0, 1)[None]
+            v = torch.cat([v_ctx.to(v.dtype), v]).transpose(0, 1)[None]
             n = end - start
             mask = torch.arange(cached + n)[None, :] <= cached + torch.arange(n)[:, None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-        out[start:end] = o.transpose(0, 1)
+        out[start:end] = o[0].transpose(0, 1)
     return out
