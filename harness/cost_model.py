@@ -114,6 +114,13 @@ class CostModel:
         self.paged_block_overhead = cal["paged_kernel"]["block_overhead"]
         self.decode_bw_eff = att["decode_bandwidth_efficiency_contiguous"]
         self.prefill_flops_eff = att["prefill_flops_efficiency"]
+        # Optional per-size tables a machine's own profile may give (harness/profile_cpu.py): prefill
+        # attention efficiency by prompt length (small prompts run far below a long one's rate), and
+        # the LM head's own GEMM efficiency by rows (its [hidden, vocab] weight is not a layer's shape).
+        by_len = att.get("prefill_flops_efficiency_by_tokens")
+        self._prefill_eff_table = (by_len["tokens"], by_len["efficiency"]) if by_len else None
+        head_eff = hw.get("lm_head")
+        self._lm_head_eff = (head_eff["tokens"], head_eff["efficiency"]) if head_eff else None
         by_tp = cal["overheads"]["by_tp"]
         ovh = by_tp.get(str(tp)) or by_tp[max((k for k in by_tp if int(k) <= tp), key=int)]
         self.step_overhead_ms = ovh["step_ms"]
@@ -139,8 +146,9 @@ class CostModel:
         self._decode_ms_per_ctx_token = (
             self._kv_bytes_per_token / (self._bytes_per_ms * self.decode_bw_eff) * self.paged_factor
         )
-        # Causal prefill attention FLOPs per layer and GPU: 4*h*q*c + 2*h*q^2 (c cached, q new tokens).
-        self._prefill_flops_ms = L * 2 * h / tp / (self._flops_per_ms * self.prefill_flops_eff)
+        # Causal prefill attention FLOPs per layer and GPU: 4*h*q*c + 2*h*q^2 (c cached, q new tokens);
+        # ms per unit (2*q*c + q^2) at peak, all layers.
+        self._prefill_flops_ms_peak = L * 2 * h / tp / self._flops_per_ms
         self._block_kv_bytes_per_layer = block_size * model.kv_bytes_per_token / L / 2 / tp  # K or V
         # Per-N tables: the step cost that depends only on the number of tokens, precomputed once.
         self._table = [self._token_cost(n) for n in range(max_table_tokens + 1)]
@@ -172,7 +180,23 @@ class CostModel:
     def _lm_head_ms(self, rows: int) -> float:
         if rows == 0:
             return 0.0
-        return self.gemm_ms(rows, self.model.hidden_size, self.model.vocab_size // self.tp)
+        h, vocab = self.model.hidden_size, self.model.vocab_size // self.tp
+        if self._lm_head_eff is None:
+            return self.gemm_ms(rows, h, vocab)
+        b = self.model.dtype_bytes
+        roofline = max(
+            (h * vocab + rows * h + rows * vocab) * b / self._bytes_per_ms,
+            2.0 * rows * h * vocab / self._flops_per_ms,
+        )
+        return roofline / _interp(*self._lm_head_eff, rows)
+
+    def prefill_attention_ms(self, new_tokens: int, cached_tokens: int) -> float:
+        """One sequence's causal prompt attention, all layers."""
+        eff = self.prefill_flops_eff
+        if self._prefill_eff_table is not None:
+            eff = _interp(*self._prefill_eff_table, new_tokens)
+        units = 2 * new_tokens * cached_tokens + new_tokens * new_tokens
+        return units * self._prefill_flops_ms_peak / eff
 
     # ------------------------------------------------------------------ steps
     def _base(self, num_tokens: int, num_rows: int, cost: StepCost) -> None:
@@ -214,8 +238,7 @@ class CostModel:
         cost = StepCost()
         num_tokens = sum(q for q, _ in seqs)
         self._base(num_tokens, len(seqs), cost)
-        units = sum(2 * q * c + q * q for q, c in seqs)
-        cost.attention = units * self._prefill_flops_ms
+        cost.attention = sum(self.prefill_attention_ms(q, c) for q, c in seqs)
         cost.overhead = self.prefill_step_overhead_ms + self.prefill_per_token_overhead_ms * num_tokens
         return cost
 

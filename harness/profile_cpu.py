@@ -10,17 +10,22 @@ operator at many sizes, interpolate): nothing is fitted to end-to-end latencies,
 preset is checked against.
 
 - memory bandwidth: a 256 MiB copy (bytes read + written per second); peak: a large bf16 GEMM;
-- GEMM efficiency at N tokens: the layer's four projections (QKV, output, MLP in, MLP out) timed with
-  torch's linear over every layer's own weights in turn (as a forward pass streams them), as roofline
-  time over measured time;
-- the rest of a layer (norms, activation, residuals, Python): the runner's whole decode forward at N
-  one-token sequences, less the measured GEMMs, per layer;
-- decode attention: the native kernel's bytes per second over the copy's (block 256: contiguous), and
-  its block-16 overhead in the cost model's form (1 + overhead / block_size);
-- prefill attention: fused causal attention's FLOPs per second over the peak;
+- the forward pass itself, its parts timed where they run (module hooks on every linear, wrappers
+  on the runner's attention calls and LM head), at N one-token sequences for N = 1 ... 2048: GEMM
+  and LM-head efficiency (roofline time over measured time) and the rest of a layer (norms,
+  activation, residuals, KV writes, Python) as the forward's total less those parts, all from the
+  same runs, so the cost model gives back each measured forward exactly;
+- decode attention: the kernel's time per context token in the same forward (64 sequences at 512
+  tokens less the same at 16), as bandwidth over the copy's; its block-size overhead from the
+  kernel alone at block 16 vs 256, in the cost model's form (1 + overhead / block_size);
+- prefill attention: the runner's prompt attention in place, causal FLOPs per second over the
+  peak, for prompts of 16 ... 2048 tokens;
 - engine overheads: an executor step less its forward pass (scheduling-side Python: batch
   preparation, sampling), for 1 and 64 decoding sequences and for 16- and 512-token prompts;
 - swap: the runner's block moves between its device and host pools (here both in RAM).
+
+Every case runs `--rounds` times, interleaved, and the median is kept: this machine is shared and
+its speed drifts by about 10% over seconds to minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +55,7 @@ def timeit(fn, reps: int = 7) -> float:
     return statistics.median(times)
 
 
-def measure(model_name: str, reps: int = 7) -> tuple[dict, dict]:
+def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict]:
     """(hardware preset fields, calibration JSON) for this machine and model."""
     from harness.presets import load_model
     from kernels import cpu_native
@@ -72,78 +78,95 @@ def measure(model_name: str, reps: int = 7) -> tuple[dict, dict]:
         (h, (spec.num_mlp_matrices - 1) * spec.mlp_width),
         (spec.mlp_width, h),
     ]
-    # Every layer's own weights, swept in order as a forward pass does: one layer's (14 MB for
-    # OPT-125m) would stay in the last-level cache and make small-N GEMMs look faster than they run.
-    layers = [[torch.randn(m, k).to(dt) for k, m in shapes] for _ in range(L)]
     bytes_per_ms, flops_per_ms = copy_gbps * 1e9 / 1e3, peak_tflops * 1e12 / 1e3
-    gemm_eff, gemm_ms = [], {}
 
-    def sweep(xs):
-        for weights in layers:
-            for x, w in zip(xs, weights):
-                F.linear(x, w)
-
-    for t in TOKENS:
-        xs = [torch.randn(t, k).to(dt) for k, _ in shapes]
-        measured = timeit(lambda xs=xs: sweep(xs), reps) * 1e3 / L
-        roofline = sum(
-            max((k * m + t * k + t * m) * 2 / bytes_per_ms, 2 * t * k * m / flops_per_ms) for k, m in shapes
-        )
-        gemm_eff.append(roofline / measured)
-        gemm_ms[t] = measured
-
-    # The rest of a layer: the whole forward at N one-token sequences, less GEMMs and the LM head.
-    hf, _ = load_hf_model(model_name, dt, "cpu", 0)
-    runner = ModelRunner(hf, max(TOKENS), 1, 64)
-    head = hf.lm_head.weight.detach()
-    norm_ms = []
-    for t in TOKENS:
-        ids = torch.arange(t) % spec.vocab_size
-        inputs = StepInputs(
-            input_ids=ids,
-            positions=torch.zeros(t, dtype=torch.long),
-            slot_mapping=torch.arange(t),
-            block_tables=torch.arange(t, dtype=torch.int32)[:, None],
-            is_prefill=False,
-            context_lens=torch.ones(t, dtype=torch.int32),
-            logit_rows=torch.arange(t),
-        )
-        total = timeit(lambda inputs=inputs: runner.forward(inputs), reps) * 1e3
-        x = torch.randn(t, h).to(dt)
-        lm = timeit(lambda x=x: F.linear(x, head), reps) * 1e3
-        norm_ms.append(max(0.0, (total - lm - L * gemm_ms[t]) / L))
-
-    # Decode attention bandwidth (the engine's native kernel), contiguous and at block 16.
-    hkv, d = spec.num_key_value_heads, spec.head_dim
-    batch, ctx = 32, 512
-    q = torch.randn(batch, spec.num_attention_heads, d).to(dt)
-    lens = torch.full((batch,), ctx, dtype=torch.int32)
-
-    def attn_s(bs: int) -> float:
-        nb = ctx // bs
-        kc = torch.randn(batch * nb, bs, hkv, d).to(dt)
-        vc = torch.randn_like(kc)
-        table = torch.randperm(batch * nb).view(batch, nb).int()
-        return timeit(lambda: cpu_native.paged_decode_attention(q, kc, vc, table, lens, d**-0.5), reps)
+    def roofline_ms(t: int, k: int, m: int) -> float:
+        return max((k * m + t * k + t * m) * 2 / bytes_per_ms, 2 * t * k * m / flops_per_ms)
 
     if not cpu_native.available():
         raise RuntimeError(f"the native CPU kernel did not build: {cpu_native.build_error}")
-    kv_bytes = 2 * batch * ctx * hkv * d * 2
-    t_contig, t16 = attn_s(256), attn_s(16)
-    decode_eff = kv_bytes / t_contig / (copy_gbps * 1e9)
-    block_overhead = max(0.0, (t16 / t_contig - 1) * 16)
+    hf, _ = load_hf_model(model_name, dt, "cpu", 0)
+    bs, num_blocks = 16, 4096
+    runner = ModelRunner(hf, num_blocks, bs, 0)
+    runner.warmup()
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(0)).int()
 
-    qp = torch.randn(spec.num_attention_heads, 512, d).to(dt)
-    t_pf = timeit(lambda: F.scaled_dot_product_attention(qp, qp, qp, is_causal=True), reps)
-    prefill_eff = 2 * h * 512 * 512 / t_pf / (peak_tflops * 1e12)
+    def decode_inputs(n: int, ctx: int) -> StepInputs:
+        """n sequences decoding their token ctx, their blocks scattered over the cache."""
+        nb = -(-ctx // bs)
+        tables = perm[: n * nb].view(n, nb) if n * nb <= num_blocks else perm[:n, None]
+        return StepInputs(
+            input_ids=torch.arange(n) % spec.vocab_size,
+            positions=torch.full((n,), ctx - 1, dtype=torch.long),
+            slot_mapping=tables[:, (ctx - 1) // bs].long() * bs + (ctx - 1) % bs,
+            block_tables=tables,
+            is_prefill=False,
+            context_lens=torch.full((n,), ctx, dtype=torch.int32),
+            logit_rows=torch.arange(n),
+        )
+
+    def prefill_inputs(n: int) -> StepInputs:
+        nb = -(-n // bs)
+        table = perm[:nb].view(1, nb)
+        slots = torch.arange(n)
+        return StepInputs(
+            input_ids=torch.arange(n) % spec.vocab_size,
+            positions=slots,
+            slot_mapping=table[0, slots // bs].long() * bs + slots % bs,
+            block_tables=table,
+            is_prefill=True,
+            cu_seqlens=torch.tensor([0, n]),
+            cached_lens=torch.tensor([0]),
+            logit_rows=torch.tensor([n - 1]),
+        )
+
+    # The forward pass itself, its parts timed where they run (Vidur's operator profile, in place):
+    # every layer's linears by module hooks, attention and the LM head by wrapping the runner's calls.
+    # Decode attention: the kernel's cost per context token, in place (64 sequences at 512 tokens
+    # less the same at 16: the per-sequence part is already in the rest), as bandwidth over the
+    # copy's. Prefill attention: causal FLOPs per second over the peak, by prompt length, in place.
+    batch, ctx = 64, 512
+    prefill_tokens = [16, 64, 128, 256, 512, 1024, 2048]
+    cases = [("decode", t, decode_inputs(t, 1)) for t in TOKENS]  # N one-token sequences, context 1
+    cases += [("long", batch, decode_inputs(batch, ctx)), ("short", batch, decode_inputs(batch, bs))]
+    cases += [("prefill", n, prefill_inputs(n)) for n in prefill_tokens]
+    # Every case is measured in `rounds` interleaved rounds and the median kept: this shared machine's
+    # speed drifts by ~10% over seconds to minutes (docs/real_engine.md), and samples spread over the
+    # profile's whole span keep one fast or slow moment from setting a table.
+    samples: dict[tuple[str, int], list[dict]] = {(kind, n): [] for kind, n, _ in cases}
+    for _ in range(rounds):
+        for kind, n, inputs in cases:
+            samples[kind, n].append(timed_forward(runner, inputs, reps))
+
+    def part(kind: str, n: int, name: str) -> float:
+        return statistics.median(s[name] for s in samples[kind, n])
+
+    gemm_eff, head_eff, norm_ms = [], [], []
+    for t in TOKENS:
+        linear, head = part("decode", t, "linear"), part("decode", t, "lm_head")
+        gemm_eff.append(L * sum(roofline_ms(t, k, m) for k, m in shapes) / linear)
+        head_eff.append(roofline_ms(t, h, spec.vocab_size) / head)
+        norm_ms.append(
+            statistics.median((s["total"] - s["linear"] - s["lm_head"]) / L for s in samples["decode", t])
+        )
+    kv_bytes_per_token = 2 * L * spec.num_key_value_heads * spec.head_dim * 2
+    ms_per_token = (part("long", batch, "attention") - part("short", batch, "attention")) / (
+        batch * (ctx - bs)
+    )
+    decode_eff = kv_bytes_per_token / ms_per_token / bytes_per_ms
+    # The block-size overhead from the kernel alone, block 16 vs 256 (cost model: 1 + overhead / block).
+    block_overhead = _block_overhead(spec, dt, reps)
+    prefill_eff = [L * 2 * h * n * n / flops_per_ms / part("prefill", n, "attention") for n in prefill_tokens]
 
     # Engine overheads: an executor step less its forward pass.
-    overheads = _overheads(hf, reps)
+    runs = [_overheads(hf, reps) for _ in range(rounds)]
+    overheads = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
-    # Swap: the runner's block moves (one indexed copy for all layers).
-    t1 = timeit(lambda: runner.swap([(0, 0)], to_host=True), reps)
-    t64 = timeit(lambda: runner.swap([(i, i) for i in range(64)], to_host=True), reps)
-    block_bytes_layer = d * hkv * 2  # block size 1, K or V, one layer
+    # Swap: the runner's block moves (one indexed copy for all layers), blocks of one token.
+    swapper = ModelRunner(hf, 64, 1, 64)
+    t1 = timeit(lambda: swapper.swap([(0, 0)], to_host=True), reps)
+    t64 = timeit(lambda: swapper.swap([(i, i) for i in range(64)], to_host=True), reps)
+    block_bytes_layer = spec.head_dim * spec.num_key_value_heads * 2  # block size 1, K or V, one layer
     per_block_s = (t64 - t1) / 63
     swap_gbps = 2 * L * block_bytes_layer / max(per_block_s, 1e-12) / 1e9
 
@@ -159,9 +182,10 @@ def measure(model_name: str, reps: int = 7) -> tuple[dict, dict]:
     }
     source = f"harness/profile_cpu.py --model {model_name}, {torch.get_num_threads()} threads, bf16"
     calibration = {
-        "command": f"python -m harness.profile_cpu --model {model_name}",
+        "command": f"python -m harness.profile_cpu --model {model_name} --reps {reps} --rounds {rounds}",
         "cpu": {
             "gemm": {"tokens": TOKENS, "efficiency": {"1": gemm_eff}},
+            "lm_head": {"tokens": TOKENS, "efficiency": head_eff},
             "norm_ops": {"tokens": TOKENS, "ms_per_layer": norm_ms, "hidden_size": h},
             "allreduce": {},
             "source": source,
@@ -169,13 +193,79 @@ def measure(model_name: str, reps: int = 7) -> tuple[dict, dict]:
         "paged_kernel": {"block_overhead": block_overhead, "source": source},
         "attention": {
             "decode_bandwidth_efficiency_contiguous": decode_eff,
-            "prefill_flops_efficiency": prefill_eff,
+            "prefill_flops_efficiency": prefill_eff[prefill_tokens.index(512)],
+            "prefill_flops_efficiency_by_tokens": {"tokens": prefill_tokens, "efficiency": prefill_eff},
             "source": source,
         },
         "swap": {"pcie_efficiency": 1.0, "per_copy_us": t1 * 1e6 / (2 * L), "source": source},
         "overheads": {"by_tp": {"1": overheads}},
     }
     return hardware, calibration
+
+
+def timed_forward(runner, inputs, reps: int) -> dict[str, float]:
+    """runner.forward(inputs) with its parts timed where they run, in ms: total, every nn.Linear of
+    the layers (hooks), attention (the runner's kernel calls) and the LM head. The median run by total."""
+    acc: dict[str, float] = {}
+    starts: dict[int, float] = {}
+
+    def pre(module, args):
+        starts[id(module)] = time.perf_counter()
+
+    def post(module, args, out):
+        acc["linear"] += time.perf_counter() - starts[id(module)]
+
+    def timing(name, fn):
+        def wrapped(*args, **kwargs):
+            t = time.perf_counter()
+            r = fn(*args, **kwargs)
+            acc[name] += time.perf_counter() - t
+            return r
+
+        return wrapped
+
+    linears = [m for layer in runner.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    handles = [m.register_forward_pre_hook(pre) for m in linears]
+    handles += [m.register_forward_hook(post) for m in linears]
+    ops, head = runner.ops, runner._lm_head
+    runner.ops = SimpleNamespace(**{k: getattr(ops, k) for k in ops.__all__})
+    for name in ("prefill_attention", "paged_decode_attention"):
+        setattr(runner.ops, name, timing("attention", getattr(ops, name)))
+    runner._lm_head = timing("lm_head", head)
+    runs = []
+    try:
+        for i in range(reps + 1):  # the first is a warm-up
+            acc.update(linear=0.0, attention=0.0, lm_head=0.0)
+            t = time.perf_counter()
+            runner.forward(inputs)
+            total = time.perf_counter() - t
+            if i:
+                runs.append({"total": total * 1e3, **{k: v * 1e3 for k, v in acc.items()}})
+    finally:
+        for handle in handles:
+            handle.remove()
+        runner.ops = ops
+        del runner._lm_head  # the method again
+    return sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+
+
+def _block_overhead(spec, dt, reps: int) -> float:
+    """The native kernel's extra time at block 16 over block 256 (a contiguous layout), in the cost
+    model's form: time(16) = time(contiguous) * (1 + overhead / 16)."""
+    from kernels import cpu_native
+
+    hkv, d, batch, ctx = spec.num_key_value_heads, spec.head_dim, 32, 512
+    q = torch.randn(batch, spec.num_attention_heads, d).to(dt)
+    lens = torch.full((batch,), ctx, dtype=torch.int32)
+
+    def attn_s(bs: int) -> float:
+        nb = ctx // bs
+        kc = torch.randn(batch * nb, bs, hkv, d).to(dt)
+        vc = torch.randn_like(kc)
+        table = torch.randperm(batch * nb).view(batch, nb).int()
+        return timeit(lambda: cpu_native.paged_decode_attention(q, kc, vc, table, lens, d**-0.5), reps)
+
+    return max(0.0, (attn_s(16) / attn_s(256) - 1) * 16)
 
 
 def _overheads(hf, reps: int) -> dict:
@@ -238,11 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default="results/bench/cpu_local", help="writes OUT.yaml and OUT.calibration.json"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per case and round (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases (median)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    hardware, calibration = measure(args.model, args.reps)
+    hardware, calibration = measure(args.model, args.reps, args.rounds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cal_path = out.with_name(out.name + ".calibration.json")

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+import torch
 import yaml
 
 from harness.cost_model import CALIBRATION_FILE, CostModel
 from harness.presets import load_hardware, load_model
+from harness.profile_cpu import timed_forward
 from harness.sim_vs_real import ShadowExecutor, compare, step_gaps
 from harness.simulate import SimConfig, build
 from harness.workload import synthetic
+from paged.model_runner import ModelRunner, StepInputs
 
 
 def test_a_preset_with_its_own_calibration_file(tmp_path):
@@ -33,8 +37,9 @@ def test_sim_vs_real_prices_every_real_step():
         model="opt-125m", hardware="a100-40gb", kv_cache_gib=0.05, real_dtype="bfloat16", max_model_len=512,
         track_memory=False,
     )  # fmt: skip
-    row = compare(cfg, "alpaca", rate=2.0, duration=3.0, seed=0)
+    row = compare(cfg, "alpaca", rate=2.0, duration=3.0, seed=0, real_runs=2)
     assert row["num_requests"] > 0
+    assert len(row["normalized_latency_real_runs"]) == 2 and row["real_run_spread"] >= 0
     assert row["normalized_latency_real"] > 0 and row["normalized_latency_sim"] > 0
     # Every real step that ran a batch was priced: the step counts add up to the real run's.
     workload = synthetic("alpaca", 2.0, 3.0, 0)
@@ -46,3 +51,54 @@ def test_sim_vs_real_prices_every_real_step():
     assert all(measured > 0 and predicted > 0 for _, _, measured, predicted in shadow.records)
     gaps = step_gaps(shadow.records)
     assert gaps["decode"]["steps"] + gaps["prefill"]["steps"] == len(engine.steps)
+
+
+def test_optional_per_size_tables_of_a_measured_calibration():
+    """A machine profile may give the LM head its own efficiency and prefill attention one per prompt
+    length; the cost model then prices those parts from them (and from the shared tables otherwise)."""
+    cal = json.loads(CALIBRATION_FILE.read_text())
+    model, gpu = load_model("opt-13b"), load_hardware("a100-40gb")
+    base = CostModel(model, gpu, calibration=cal)
+    cal["a100"]["lm_head"] = {"tokens": [1, 1024], "efficiency": [0.5, 0.5]}
+    cal["attention"]["prefill_flops_efficiency_by_tokens"] = {"tokens": [16, 2048], "efficiency": [0.1, 0.4]}
+    mine = CostModel(model, gpu, calibration=cal)
+    h, vocab, b = model.hidden_size, model.vocab_size, model.dtype_bytes
+    roofline = max(
+        (h * vocab + h + vocab) * b / (gpu.hbm_bytes_per_s / 1e3), 2 * h * vocab / (gpu.peak_flops / 1e3)
+    )
+    assert mine.decode(1, 100).lm_head == pytest.approx(roofline / 0.5)
+    assert base.decode(1, 100).lm_head != pytest.approx(roofline / 0.5)
+    peak = model.num_hidden_layers * 2 * h / (gpu.peak_flops / 1e3)
+    assert mine.prefill_attention_ms(16, 0) == pytest.approx(16 * 16 * peak / 0.1)
+    assert mine.prefill_attention_ms(2048, 0) == pytest.approx(2048 * 2048 * peak / 0.4)
+    mid = (0.1 + 0.4) / 2  # linear in between
+    assert mine.prefill_attention_ms(1032, 10) == pytest.approx((2 * 1032 * 10 + 1032**2) * peak / mid)
+    assert mine.prefill([(16, 0), (2048, 0)]).attention == pytest.approx(
+        mine.prefill_attention_ms(16, 0) + mine.prefill_attention_ms(2048, 0)
+    )
+
+
+def test_timed_forward_parts_are_measured_in_place():
+    """The profiler's in-place timing: linears, attention and the LM head each measured, within the
+    forward's total, and the runner left as it was (no hooks, its own ops)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    cfg = OPTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, vocab_size=120,
+        max_position_embeddings=128, word_embed_proj_dim=64,
+    )  # fmt: skip
+    runner = ModelRunner(OPTForCausalLM(cfg).eval(), 16, 4, 0)
+    ops = runner.ops
+    n = 3
+    inputs = StepInputs(
+        input_ids=torch.arange(n), positions=torch.zeros(n, dtype=torch.long),
+        slot_mapping=torch.arange(n) * 4,
+        block_tables=torch.arange(n, dtype=torch.int32)[:, None], is_prefill=False,
+        context_lens=torch.ones(n, dtype=torch.int32), logit_rows=torch.arange(n),
+    )  # fmt: skip
+    parts = timed_forward(runner, inputs, reps=3)
+    assert all(parts[k] > 0 for k in ("total", "linear", "attention", "lm_head"))
+    assert parts["linear"] + parts["attention"] + parts["lm_head"] < parts["total"]
+    assert runner.ops is ops and "_lm_head" not in vars(runner)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in runner.model.modules())
