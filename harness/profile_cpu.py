@@ -41,6 +41,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from paged.model_runner import StepInputs
+
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
 
@@ -60,7 +62,7 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     from harness.presets import load_model
     from kernels import cpu_native
     from paged.llm import load_hf_model
-    from paged.model_runner import ModelRunner, StepInputs
+    from paged.model_runner import ModelRunner
 
     spec = load_model(model_name)
     dt = torch.bfloat16
@@ -94,7 +96,8 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     def decode_inputs(n: int, ctx: int) -> StepInputs:
         """n sequences decoding their token ctx, their blocks scattered over the cache."""
         nb = -(-ctx // bs)
-        tables = perm[: n * nb].view(n, nb) if n * nb <= num_blocks else perm[:n, None]
+        assert n * nb <= num_blocks
+        tables = perm[: n * nb].view(n, nb)
         return StepInputs(
             input_ids=torch.arange(n) % spec.vocab_size,
             positions=torch.full((n,), ctx - 1, dtype=torch.long),
@@ -120,11 +123,11 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
             logit_rows=torch.tensor([n - 1]),
         )
 
-    # The forward pass itself, its parts timed where they run (Vidur's operator profile, in place):
-    # every layer's linears by module hooks, attention and the LM head by wrapping the runner's calls.
-    # Decode attention: the kernel's cost per context token, in place (64 sequences at 512 tokens
-    # less the same at 16: the per-sequence part is already in the rest), as bandwidth over the
-    # copy's. Prefill attention: causal FLOPs per second over the peak, by prompt length, in place.
+    # The runner's own forward pass, its parts timed where they run (ForwardTimer; Vidur's operator
+    # profile, in place). N one-token sequences at context 1: linears, LM head and the rest of a layer
+    # at N tokens. Decode attention: the kernel's cost per context token (64 sequences at 512 tokens
+    # less the same at 16; the per-sequence part is already in the rest), as bandwidth over the
+    # copy's. Prefill attention: causal FLOPs per second over the peak, by prompt length.
     batch, ctx = 64, 512
     prefill_tokens = [16, 64, 128, 256, 512, 1024, 2048]
     cases = [("decode", t, decode_inputs(t, 1)) for t in TOKENS]  # N one-token sequences, context 1
@@ -134,7 +137,9 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     # speed drifts by ~10% over seconds to minutes (docs/real_engine.md), and samples spread over the
     # profile's whole span keep one fast or slow moment from setting a table.
     samples: dict[tuple[str, int], list[dict]] = {(kind, n): [] for kind, n, _ in cases}
+    probes = []
     for _ in range(rounds):
+        probes.append(speed_probe(runner))
         for kind, n, inputs in cases:
             samples[kind, n].append(timed_forward(runner, inputs, reps))
 
@@ -199,53 +204,100 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
         },
         "swap": {"pcie_efficiency": 1.0, "per_copy_us": t1 * 1e6 / (2 * L), "source": source},
         "overheads": {"by_tp": {"1": overheads}},
+        "probe": {
+            "ms": statistics.median(probes),
+            "rounds_ms": probes,
+            "what": "harness.profile_cpu.speed_probe",
+        },
     }
     return hardware, calibration
 
 
-def timed_forward(runner, inputs, reps: int) -> dict[str, float]:
-    """runner.forward(inputs) with its parts timed where they run, in ms: total, every nn.Linear of
-    the layers (hooks), attention (the runner's kernel calls) and the LM head. The median run by total."""
-    acc: dict[str, float] = {}
-    starts: dict[int, float] = {}
+PROBE_SEQS = 16
 
-    def pre(module, args):
-        starts[id(module)] = time.perf_counter()
 
-    def post(module, args, out):
-        acc["linear"] += time.perf_counter() - starts[id(module)]
+def speed_probe(runner, reps: int = 11) -> float:
+    """Median ms of one fixed forward (16 one-token sequences at context 1, in the runner's first 16
+    blocks): a yardstick of how fast this machine runs right now. The profile records it; sim_vs_real
+    takes it again around every real run, so a gap can be read against the machine's drift. Writes
+    KV into blocks 0-15: call it only while the cache holds nothing."""
+    n = PROBE_SEQS
+    bs = runner.block_size
+    inputs = StepInputs(
+        input_ids=torch.arange(n), positions=torch.zeros(n, dtype=torch.long),
+        slot_mapping=torch.arange(n) * bs, block_tables=torch.arange(n, dtype=torch.int32)[:, None],
+        is_prefill=False, context_lens=torch.ones(n, dtype=torch.int32), logit_rows=torch.arange(n),
+    )  # fmt: skip
+    runner.forward(inputs)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        runner.forward(inputs)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
 
-    def timing(name, fn):
+
+class ForwardTimer:
+    """Times a model runner's forward passes by part, where they run: every nn.Linear of the layers
+    (module hooks), attention (the runner's kernel calls) and the LM head (its method), plus the
+    whole forward. Milliseconds accumulate in `parts` until `reset()`; leaving the `with` block
+    removes every hook and wrapper."""
+
+    PARTS = ("forward", "linear", "attention", "lm_head")
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.parts = dict.fromkeys(self.PARTS, 0.0)
+        self._starts: dict[int, float] = {}
+
+    def reset(self) -> None:
+        self.parts = dict.fromkeys(self.PARTS, 0.0)
+
+    def _timed(self, name, fn):
         def wrapped(*args, **kwargs):
             t = time.perf_counter()
             r = fn(*args, **kwargs)
-            acc[name] += time.perf_counter() - t
+            self.parts[name] += (time.perf_counter() - t) * 1e3
             return r
 
         return wrapped
 
-    linears = [m for layer in runner.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    handles = [m.register_forward_pre_hook(pre) for m in linears]
-    handles += [m.register_forward_hook(post) for m in linears]
-    ops, head = runner.ops, runner._lm_head
-    runner.ops = SimpleNamespace(**{k: getattr(ops, k) for k in ops.__all__})
-    for name in ("prefill_attention", "paged_decode_attention"):
-        setattr(runner.ops, name, timing("attention", getattr(ops, name)))
-    runner._lm_head = timing("lm_head", head)
-    runs = []
-    try:
-        for i in range(reps + 1):  # the first is a warm-up
-            acc.update(linear=0.0, attention=0.0, lm_head=0.0)
-            t = time.perf_counter()
-            runner.forward(inputs)
-            total = time.perf_counter() - t
-            if i:
-                runs.append({"total": total * 1e3, **{k: v * 1e3 for k, v in acc.items()}})
-    finally:
-        for handle in handles:
+    def _pre(self, module, args):
+        self._starts[id(module)] = time.perf_counter()
+
+    def _post(self, module, args, out):
+        self.parts["linear"] += (time.perf_counter() - self._starts[id(module)]) * 1e3
+
+    def __enter__(self) -> ForwardTimer:
+        r = self.runner
+        linears = [m for layer in r.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        self._handles = [m.register_forward_pre_hook(self._pre) for m in linears]
+        self._handles += [m.register_forward_hook(self._post) for m in linears]
+        self._ops = r.ops
+        r.ops = SimpleNamespace(**{k: getattr(self._ops, k) for k in self._ops.__all__})
+        for name in ("prefill_attention", "paged_decode_attention"):
+            setattr(r.ops, name, self._timed("attention", getattr(self._ops, name)))
+        r._lm_head = self._timed("lm_head", r._lm_head)
+        r.forward = self._timed("forward", r.forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
             handle.remove()
-        runner.ops = ops
-        del runner._lm_head  # the method again
+        self.runner.ops = self._ops
+        del self.runner._lm_head, self.runner.forward  # the methods again
+
+
+def timed_forward(runner, inputs, reps: int) -> dict[str, float]:
+    """runner.forward(inputs) timed by part (ForwardTimer), in ms, with "total" the whole forward:
+    the median of `reps` runs by total, after a warm-up run."""
+    runs = []
+    with ForwardTimer(runner) as timer:
+        for i in range(reps + 1):
+            timer.reset()
+            runner.forward(inputs)
+            if i:
+                runs.append({"total": timer.parts["forward"], **timer.parts})
     return sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
 
 

@@ -23,27 +23,9 @@ class SimulatedExecutor(NullExecutor):
     def step_ms(self, out: SchedulerOutput) -> float:
         cm = self.cost_model
         if out.is_prefill:
-            seqs = []
-            for g in out.scheduled_groups:
-                for s in g.seqs:
-                    if s.status is _RUNNING:
-                        q = len(s.token_ids) - s.num_computed_tokens
-                        if q > 0:
-                            seqs.append((q, s.num_computed_tokens))
-            ms = cm.prefill(seqs).total_ms
+            ms = cm.prefill(prefill_shape(out)).total_ms
         else:
-            num_seqs = 0
-            context = 0
-            for g in out.scheduled_groups:
-                seqs = g.seqs
-                if len(seqs) == 1:
-                    num_seqs += 1
-                    context += len(seqs[0].token_ids)
-                    continue
-                for s in seqs:
-                    if s.status is _RUNNING:
-                        num_seqs += 1
-                        context += len(s.token_ids)
+            num_seqs, context = decode_shape(out)
             ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
         moved = len(out.blocks_to_swap_out) + len(out.blocks_to_swap_in)
         if moved:
@@ -58,3 +40,32 @@ class SimulatedExecutor(NullExecutor):
         result = super().execute(out)
         result.duration_s = duration
         return result
+
+
+def prefill_shape(out: SchedulerOutput) -> list[tuple[int, int]]:
+    """(new tokens, cached tokens) of each sequence a prompt step computes."""
+    seqs = []
+    for g in out.scheduled_groups:
+        for s in g.seqs:
+            if s.status is _RUNNING:
+                q = len(s.token_ids) - s.num_computed_tokens
+                if q > 0:
+                    seqs.append((q, s.num_computed_tokens))
+    return seqs
+
+
+def decode_shape(out: SchedulerOutput) -> tuple[int, int]:
+    """(sequences, context tokens in all) of a decode step."""
+    num_seqs = 0
+    context = 0
+    for g in out.scheduled_groups:
+        seqs = g.seqs
+        if len(seqs) == 1:
+            num_seqs += 1
+            context += len(seqs[0].token_ids)
+            continue
+        for s in seqs:
+            if s.status is _RUNNING:
+                num_seqs += 1
+                context += len(s.token_ids)
+    return num_seqs, context

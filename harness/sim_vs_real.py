@@ -24,29 +24,66 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from harness.cost_model import CALIBRATION_FILE, load_calibration
 from harness.metrics import summarize
-from harness.sim_executor import SimulatedExecutor
+from harness.profile_cpu import ForwardTimer, speed_probe
+from harness.sim_executor import SimulatedExecutor, decode_shape, prefill_shape
 from harness.simulate import SimConfig, build, simulate
 from harness.workload import synthetic
 
 
 class ShadowExecutor:
-    """Runs the real executor and prices the same step with the cost model, recording both."""
+    """Runs the real executor and prices the same step with the cost model, recording both. With a
+    ForwardTimer on the real runner it also sums, per kind of step, each part's measured and
+    predicted time (`components`): where a gap comes from."""
 
-    def __init__(self, real, cost_model) -> None:
+    PARTS = ("linear", "attention", "lm_head", "rest", "outside")
+
+    def __init__(self, real, cost_model, timer=None) -> None:
         self.real = real
         self.sim = SimulatedExecutor(cost_model)
+        self.timer = timer
         self.records: list[tuple[bool, int, float, float]] = []  # (prefill, seqs, measured s, predicted s)
+        self.components: dict[str, dict[str, list[float]]] = {}  # kind -> part -> [measured, predicted] ms
+        self.component_steps: Counter[str] = Counter()  # kind -> steps summed in components
 
     def execute(self, out):
         predicted = self.sim.step_ms(out) / 1e3  # before execution: the step's composition
+        if self.timer is not None:
+            self.timer.reset()
         result = self.real.execute(out)
         if out.scheduled_groups:
             self.records.append((out.is_prefill, out.num_seqs, result.duration_s, predicted))
+            if self.timer is not None:
+                self._add_components(out, result.duration_s * 1e3, predicted * 1e3)
         return result
+
+    def _add_components(self, out, step_ms: float, predicted_ms: float) -> None:
+        cm, p = self.sim.cost_model, self.timer.parts
+        cost = cm.prefill(prefill_shape(out)) if out.is_prefill else cm.decode(*decode_shape(out))
+        rest = p["forward"] - p["linear"] - p["attention"] - p["lm_head"]
+        measured = (p["linear"], p["attention"], p["lm_head"], rest, step_ms - p["forward"])
+        forward_pred = cost.linear + cost.attention + cost.lm_head + cost.norm
+        pred = (cost.linear, cost.attention, cost.lm_head, cost.norm, predicted_ms - forward_pred)
+        kind = "prefill" if out.is_prefill else "decode"
+        self.component_steps[kind] += 1
+        sums = self.components.setdefault(kind, {name: [0.0, 0.0] for name in self.PARTS})
+        for name, m, q in zip(self.PARTS, measured, pred):
+            sums[name][0] += m
+            sums[name][1] += q
+
+    def component_means(self) -> dict:
+        """kind -> {"steps": n, part: {"measured_ms", "predicted_ms"} (means per step)}."""
+        out = {}
+        for kind, sums in self.components.items():
+            n = self.component_steps[kind]
+            parts = {name: {"measured_ms": m / n, "predicted_ms": q / n} for name, (m, q) in sums.items()}
+            out[kind] = {"steps": n} | parts
+        return out
 
 
 def step_gaps(records) -> dict:
@@ -65,26 +102,43 @@ def step_gaps(records) -> dict:
 
 
 def compare(
-    cfg: SimConfig, dataset: str, rate: float, duration: float, seed: int, real_runs: int = 2
+    cfg: SimConfig,
+    dataset: str,
+    rate: float,
+    duration: float,
+    seed: int,
+    real_runs: int = 2,
+    components: bool = False,
 ) -> dict:
     """One workload, run real `real_runs` times (the machine's own run-to-run spread is the noise
-    floor any simulator is judged within) and simulated once."""
+    floor any simulator is judged within) and simulated once; with `components`, the real runner is
+    timed by part (ForwardTimer) and each part's mean measured and predicted ms is reported."""
     workload = synthetic(dataset, rate, duration, seed)
     real_cfg = replace(cfg, backend="real")
-    nl_reals, walls, preemptions, records = [], [], [], []
+    nl_reals, walls, preemptions, probes, shadow = [], [], [], [], None
     for _ in range(real_runs):
         engine, _, cost = build(real_cfg)  # a fresh engine (and model) per run
-        shadow = ShadowExecutor(engine.executor, cost)
-        shadow.records = records  # every run's steps in one list
+        runner = engine.executor.runner
+        probes.append(speed_probe(runner))  # the cache is empty before and after a run
+        timer = ForwardTimer(runner) if components else None
+        if shadow is None:
+            shadow = ShadowExecutor(engine.executor, cost, timer)
+        shadow.real, shadow.timer = engine.executor, timer  # one shadow: every run's steps together
         engine.executor = shadow
         groups = workload.to_sequence_groups(seed=seed)
         t = time.perf_counter()
-        engine.run(groups)
+        if timer is None:
+            engine.run(groups)
+        else:
+            with timer:
+                engine.run(groups)
         walls.append(time.perf_counter() - t)
+        probes.append(speed_probe(runner))
         real = summarize(groups, engine.steps)
         nl_reals.append(real["normalized_latency"])
         preemptions.append(real["num_preemptions"])
     sim = simulate(workload, replace(cfg, backend="sim")).metrics
+    profiled = load_calibration(cost.gpu.calibration_file or str(CALIBRATION_FILE)).get("probe", {}).get("ms")
     nl_real, nl_sim = statistics.fmean(nl_reals), sim["normalized_latency"]
     return {
         "rate": rate,
@@ -95,10 +149,14 @@ def compare(
         "real_run_spread": (max(nl_reals) - min(nl_reals)) / nl_real,
         "normalized_latency_sim": nl_sim,
         "normalized_latency_gap": (nl_sim - nl_real) / nl_real,
+        # The machine's speed around the real runs against the profile's: probe ms now / then
+        # (above 1: slower than when profiled). None when the preset has no probe (GPU presets).
+        "probe_ms": probes,
+        "probe_over_profile": statistics.fmean(probes) / profiled if profiled else None,
         "preemptions_real": preemptions,
         "preemptions_sim": sim["num_preemptions"],
-        "steps": step_gaps(records),
-    }
+        "steps": step_gaps(shadow.records),
+    } | ({"components": shadow.component_means()} if components else {})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--real-runs", type=int, default=2, help="real runs per rate (their spread is the noise floor)"
+    )
+    ap.add_argument(
+        "--components", action="store_true", help="time the real forward by part and report each part's gap"
     )
     ap.add_argument("--out", default="results/bench/sim_vs_real")
     args = ap.parse_args(argv)
@@ -137,11 +198,21 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         k: getattr(args, k)
-        for k in ("hardware", "model", "system", "dataset", "duration", "kv_cache_gib", "seed", "real_runs")
+        for k in (
+            "hardware",
+            "model",
+            "system",
+            "dataset",
+            "duration",
+            "kv_cache_gib",
+            "seed",
+            "real_runs",
+            "components",
+        )
     }
     rows = []
     for rate in args.rates:
-        row = compare(cfg, args.dataset, rate, args.duration, args.seed, args.real_runs)
+        row = compare(cfg, args.dataset, rate, args.duration, args.seed, args.real_runs, args.components)
         rows.append(row)
         write_report(out, meta, rows)  # after every rate: an interrupted run keeps the finished ones
         d = row["steps"].get("decode", {})
@@ -160,9 +231,9 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
     """JSON and a markdown table, each written atomically."""
     lines = [
-        "| rate req/s | requests | norm. latency real ms/tok (runs) | real spread | sim ms/tok | gap | "
-        "decode: mean abs err | pred/meas | prompt: mean abs err | pred/meas |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rate req/s | requests | norm. latency real ms/tok (runs) | real spread | machine vs profile | "
+        "sim ms/tok | gap | decode: mean abs err | pred/meas | prompt: mean abs err | pred/meas |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = ", ".join(f"{x * 1e3:.2f}" for x in r["normalized_latency_real_runs"])
@@ -172,6 +243,8 @@ def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
             f"{r['normalized_latency_real'] * 1e3:.2f} ({runs})",
         ]
         cells.append(f"{r['real_run_spread']:.1%}")
+        speed = r.get("probe_over_profile")
+        cells.append("-" if speed is None else f"{speed:.3f}")
         cells += [f"{r['normalized_latency_sim'] * 1e3:.2f}", f"{r['normalized_latency_gap']:+.1%}"]
         for kind in ("decode", "prefill"):
             g = r["steps"].get(kind, {})
@@ -180,6 +253,24 @@ def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
                 f"{g.get('predicted_over_measured', math.nan):.3f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any("components" in r for r in rows):
+        parts = ShadowExecutor.PARTS
+        lines += [
+            "",
+            "Where the time goes: mean ms per step, measured / predicted (`--components`; rest: norms, "
+            "activation, residuals, KV writes, Python in the forward; outside: the executor's work "
+            "around the forward, swaps and copies).",
+            "",
+            "| rate req/s | steps | count | " + " | ".join(parts) + " | total |",
+            "|---" * (len(parts) + 4) + "|",
+        ]
+        for r in rows:
+            for kind, c in r.get("components", {}).items():
+                m = sum(c[p]["measured_ms"] for p in parts)
+                q = sum(c[p]["predicted_ms"] for p in parts)
+                cells = [f"{r['rate']:g}", kind, str(c["steps"])]
+                cells += [f"{c[p]['measured_ms']:.2f} / {c[p]['predicted_ms']:.2f}" for p in parts]
+                lines.append("| " + " | ".join(cells + [f"{m:.2f} / {q:.2f}"]) + " |")
     for path, text in (
         (out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1)),
         (out.with_suffix(".md"), "\n".join(lines) + "\n"),

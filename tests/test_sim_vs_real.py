@@ -13,7 +13,7 @@ import yaml
 from harness.cost_model import CALIBRATION_FILE, CostModel
 from harness.presets import load_hardware, load_model
 from harness.profile_cpu import timed_forward
-from harness.sim_vs_real import ShadowExecutor, compare, step_gaps
+from harness.sim_vs_real import ShadowExecutor, compare, step_gaps, write_report
 from harness.simulate import SimConfig, build
 from harness.workload import synthetic
 from paged.model_runner import ModelRunner, StepInputs
@@ -32,14 +32,26 @@ def test_a_preset_with_its_own_calibration_file(tmp_path):
     assert abs(mine - base - 100.0) < 1e-9
 
 
-def test_sim_vs_real_prices_every_real_step():
+def test_sim_vs_real_prices_every_real_step(tmp_path):
     cfg = SimConfig(
         model="opt-125m", hardware="a100-40gb", kv_cache_gib=0.05, real_dtype="bfloat16", max_model_len=512,
         track_memory=False,
     )  # fmt: skip
-    row = compare(cfg, "alpaca", rate=2.0, duration=3.0, seed=0, real_runs=2)
+    row = compare(cfg, "alpaca", rate=2.0, duration=3.0, seed=0, real_runs=2, components=True)
     assert row["num_requests"] > 0
     assert len(row["normalized_latency_real_runs"]) == 2 and row["real_run_spread"] >= 0
+    assert len(row["probe_ms"]) == 4 and all(ms > 0 for ms in row["probe_ms"])
+    assert row["probe_over_profile"] is None  # a GPU preset: no probe to compare with
+    # Every part of both kinds of step measured and predicted; the parts add up to the steps.
+    for kind in ("decode", "prefill"):
+        c = row["components"][kind]
+        assert c["steps"] == row["steps"][kind]["steps"]
+        assert all(c[p]["predicted_ms"] > 0 for p in ("linear", "attention", "lm_head", "rest"))
+        assert all(c[p]["measured_ms"] > 0 for p in ("linear", "attention", "lm_head"))
+        total = sum(c[p]["measured_ms"] for p in ShadowExecutor.PARTS)
+        assert total == pytest.approx(row["steps"][kind]["mean_measured_ms"], rel=1e-6)
+    write_report(tmp_path / "r", {}, [row])
+    assert "Where the time goes" in (tmp_path / "r.md").read_text()
     assert row["normalized_latency_real"] > 0 and row["normalized_latency_sim"] > 0
     # Every real step that ran a batch was priced: the step counts add up to the real run's.
     workload = synthetic("alpaca", 2.0, 3.0, 0)
@@ -100,5 +112,5 @@ def test_timed_forward_parts_are_measured_in_place():
     parts = timed_forward(runner, inputs, reps=3)
     assert all(parts[k] > 0 for k in ("total", "linear", "attention", "lm_head"))
     assert parts["linear"] + parts["attention"] + parts["lm_head"] < parts["total"]
-    assert runner.ops is ops and "_lm_head" not in vars(runner)
+    assert runner.ops is ops and "_lm_head" not in vars(runner) and "forward" not in vars(runner)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in runner.model.modules())
