@@ -15,9 +15,10 @@ _RUNNING = SequenceStatus.RUNNING
 
 
 class SimulatedExecutor(NullExecutor):
-    def __init__(self, cost_model: CostModel, seed: int = 0) -> None:
+    def __init__(self, cost_model: CostModel, seed: int = 0, time_scale: float = 1.0) -> None:
         super().__init__(step_time_s=0.0, seed=seed)
         self.cost_model = cost_model
+        self.time_scale = time_scale  # every step's predicted time multiplied by this
         self.busy_s = 0.0
 
     def step_ms(self, out: SchedulerOutput) -> float:
@@ -35,7 +36,7 @@ class SimulatedExecutor(NullExecutor):
         return ms
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
-        duration = self.step_ms(out) / 1e3
+        duration = self.step_ms(out) * self.time_scale / 1e3
         self.busy_s += duration
         result = super().execute(out)
         result.duration_s = duration

@@ -49,6 +49,9 @@ class SimConfig:
     memory_every: int = 1  # ... or after every k-th step (an unbiased sample, k times cheaper)
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     seed: int = 0
+    # sim backend: every predicted step time multiplied by this (what-if slower or faster hardware;
+    # harness/sim_vs_real.py: the machine's measured drift since its profile)
+    time_scale: float = 1.0
 
 
 @dataclass
@@ -106,7 +109,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
 
         executor = RealExecutor(runner, memory, seed=cfg.seed)
     else:
-        executor = SimulatedExecutor(cost, seed=cfg.seed)
+        executor = SimulatedExecutor(cost, seed=cfg.seed, time_scale=cfg.time_scale)
     engine = Engine(
         Scheduler(sched_cfg, memory), executor, track_memory=cfg.track_memory, memory_every=cfg.memory_every
     )

@@ -114,3 +114,17 @@ def test_timed_forward_parts_are_measured_in_place():
     assert parts["linear"] + parts["attention"] + parts["lm_head"] < parts["total"]
     assert runner.ops is ops and "_lm_head" not in vars(runner) and "forward" not in vars(runner)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in runner.model.modules())
+
+
+def test_time_scale_multiplies_every_simulated_step():
+    from harness.sim_executor import SimulatedExecutor
+
+    cfg = SimConfig(model="opt-125m", kv_cache_gib=0.05, max_model_len=512, track_memory=False)
+    engine, _, cost = build(cfg)
+    out = None
+    for g in synthetic("alpaca", 2.0, 3.0, 0).to_sequence_groups(seed=0):
+        engine.scheduler.add(g)
+    out = engine.scheduler.schedule(0.0)
+    base = SimulatedExecutor(cost).execute(out).duration_s
+    slow = SimulatedExecutor(cost, time_scale=1.3).execute(out).duration_s
+    assert base > 0 and slow == pytest.approx(1.3 * base)
