@@ -132,9 +132,8 @@ def prefill_attention(
         q = query[start:end].transpose(0, 1)[None]
         k, v = key[start:end], value[start:end]
         if cached == 0:
-            o = F.scaled_dot_product_attention(
-                q, k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, scale=scale, enable_gqa=gqa
-            )
+            k, v = k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
             k_ctx = gather_kv(k_cache, block_tables[i], cached)
             v_ctx = gather_kv(v_cache, block_tables[i], cached)
