@@ -11,7 +11,9 @@
 // query and output [num_seqs, num_heads, head_dim] contiguous, block tables [num_seqs, max_blocks]
 // int32, context lengths int32. DTYPE: 0 = float32, 1 = bfloat16, 2 = float16.
 
+#ifdef __AVX512BF16__
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,7 +64,7 @@ static inline void row_to_f32(const void* base, long offset, int d, int dtype, f
 // stops at every 4 KiB page, so without this each page of a scattered block starts with a DRAM miss.
 // Measured at 64 x 512 tokens, 12 x 64 heads, bf16, random blocks, this 2-core EPYC: 19 -> 37 GB/s.
 static inline void prefetch_row(const char* p, int bytes) {
-    for (int b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    for (int b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);  // read, keep in all levels
 }
 
 #ifdef __AVX512BF16__
