@@ -4,9 +4,10 @@
 
 The sim-vs-real comparison (harness/sim_vs_real.py) measures operators at one time and real runs at
 another; on a shared machine the same work does not take the same time twice, and that spread is
-the floor under any simulator's error here. This times the model runner's forward for a small decode
-batch (4 sequences, OPT-125m shapes, bf16: memory-bound, like most decode steps) in bursts of 11
-runs (median kept) every `--interval` seconds, and reports the spread of those medians.
+the floor under any simulator's error here. This takes the profiler's speed probe
+(harness.profile_cpu.speed_probe: the runner's forward for a small decode batch, here 4 sequences,
+OPT-125m shapes, bf16, memory-bound like most decode steps; the median of 11 runs) every
+`--interval` seconds, and reports the spread of those medians.
 """
 
 from __future__ import annotations
@@ -30,27 +31,17 @@ def main() -> None:
     ap.add_argument("--output", help="write the samples and their summary as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from harness.profile_cpu import speed_probe
     from paged.llm import load_hf_model
-    from paged.model_runner import ModelRunner, StepInputs
+    from paged.model_runner import ModelRunner
 
     hf, _ = load_hf_model(args.model, torch.bfloat16, "cpu", 0)
     runner = ModelRunner(hf, args.batch, 16, 0)
     runner.warmup()
-    n = args.batch
-    inputs = StepInputs(
-        input_ids=torch.arange(n), positions=torch.zeros(n, dtype=torch.long),
-        slot_mapping=torch.arange(n) * 16, block_tables=torch.arange(n, dtype=torch.int32)[:, None],
-        is_prefill=False, context_lens=torch.ones(n, dtype=torch.int32), logit_rows=torch.arange(n),
-    )  # fmt: skip
     samples = []
     start = time.time()
     while time.time() - start < args.duration:
-        burst = []
-        for _ in range(11):
-            t = time.perf_counter()
-            runner.forward(inputs)
-            burst.append((time.perf_counter() - t) * 1e3)
-        samples.append((time.time() - start, statistics.median(burst)))
+        samples.append((time.time() - start, speed_probe(runner, reps=11, n=args.batch)))
         print(f"{samples[-1][0]:6.1f} s  {samples[-1][1]:6.2f} ms", flush=True)
         time.sleep(args.interval)
     ms = sorted(m for _, m in samples)

@@ -155,12 +155,14 @@ class CostModel:
         self._head_table = [self._lm_head_ms(n) for n in range(1025)]
 
     # ------------------------------------------------------------------ operators
+    def roofline_ms(self, n: int, k: int, m: int) -> float:
+        """One [n, k] x [k, m] GEMM at the device's peak: max(bytes moved / bandwidth, FLOPs / peak)."""
+        memory = (k * m + n * k + n * m) * self.model.dtype_bytes / self._bytes_per_ms
+        return max(memory, 2.0 * n * k * m / self._flops_per_ms)
+
     def gemm_ms(self, n: int, k: int, m: int) -> float:
         """One [n, k] x [k, m] fp16 GEMM at the measured efficiency for n tokens."""
-        b = self.model.dtype_bytes
-        memory = (k * m + n * k + n * m) * b / self._bytes_per_ms
-        compute = 2.0 * n * k * m / self._flops_per_ms
-        return max(memory, compute) / _interp(self._gemm_tokens, self._gemm_eff, n)
+        return self.roofline_ms(n, k, m) / _interp(self._gemm_tokens, self._gemm_eff, n)
 
     def allreduce_ms(self, n: int) -> float:
         if self._allreduce is None or n == 0:
@@ -183,12 +185,7 @@ class CostModel:
         h, vocab = self.model.hidden_size, self.model.vocab_size // self.tp
         if self._lm_head_eff is None:
             return self.gemm_ms(rows, h, vocab)
-        b = self.model.dtype_bytes
-        roofline = max(
-            (h * vocab + rows * h + rows * vocab) * b / self._bytes_per_ms,
-            2.0 * rows * h * vocab / self._flops_per_ms,
-        )
-        return roofline / _interp(*self._lm_head_eff, rows)
+        return self.roofline_ms(rows, h, vocab) / _interp(*self._lm_head_eff, rows)
 
     def prefill_attention_ms(self, new_tokens: int, cached_tokens: int) -> float:
         """One sequence's causal prompt attention, all layers."""

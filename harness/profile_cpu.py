@@ -216,12 +216,11 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
 PROBE_SEQS = 16
 
 
-def speed_probe(runner, reps: int = 11) -> float:
-    """Median ms of one fixed forward (16 one-token sequences at context 1, in the runner's first 16
+def speed_probe(runner, reps: int = 11, n: int = PROBE_SEQS) -> float:
+    """Median ms of one fixed forward (n one-token sequences at context 1, in the runner's first n
     blocks): a yardstick of how fast this machine runs right now. The profile records it; sim_vs_real
     takes it again around every real run, so a gap can be read against the machine's drift. Writes
-    KV into blocks 0-15: call it only while the cache holds nothing."""
-    n = PROBE_SEQS
+    KV into blocks 0 to n-1: call it only while the cache holds nothing."""
     bs = runner.block_size
     inputs = StepInputs(
         input_ids=torch.arange(n), positions=torch.zeros(n, dtype=torch.long),
@@ -383,9 +382,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=7, help="timed runs per case and round (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases (median)")
     args = ap.parse_args(argv)
+    if args.reps < 1 or args.rounds < 1:
+        raise SystemExit("error: --reps and --rounds must be at least 1")
+    from harness.presets import load_model
+
+    try:
+        load_model(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    hardware, calibration = measure(args.model, args.reps, args.rounds)
+    try:
+        hardware, calibration = measure(args.model, args.reps, args.rounds)
+    except RuntimeError as e:  # the native kernel did not build
+        raise SystemExit(f"error: {e}") from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cal_path = out.with_name(out.name + ".calibration.json")

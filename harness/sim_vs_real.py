@@ -20,6 +20,7 @@ Results: a JSON and a markdown table under --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -186,10 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     from harness.presets import load_hardware, load_model
 
     try:
-        load_hardware(args.hardware)
+        hardware = load_hardware(args.hardware)
         load_model(args.model)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    if args.real_runs < 1 or args.duration <= 0 or min(args.rates) <= 0:
+        raise SystemExit("error: --real-runs must be at least 1, --duration and every --rate above 0")
     cfg = SimConfig(
         system=args.system,
         model=args.model,
@@ -216,10 +219,17 @@ def main(argv: list[str] | None = None) -> None:
             "components",
         )
     }
-    rows = []
+    # The calibration's bytes too: a re-run against a new profile starts afresh.
+    cal = Path(hardware.calibration_file) if hardware.calibration_file else CALIBRATION_FILE
+    meta["calibration_sha256"] = hashlib.sha256(cal.read_bytes()).hexdigest()
+    rows = finished_rows(out, meta)
     for rate in args.rates:
+        if any(r["rate"] == rate for r in rows):
+            print(f"rate {rate:g}: done in {out.with_suffix('.json')}, skipped", flush=True)
+            continue
         row = compare(cfg, args.dataset, rate, args.duration, args.seed, args.real_runs, args.components)
         rows.append(row)
+        rows.sort(key=lambda r: r["rate"])
         write_report(out, meta, rows)  # after every rate: an interrupted run keeps the finished ones
         d = row["steps"].get("decode", {})
         print(
@@ -232,6 +242,19 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     print(out.with_suffix(".md").read_text())
+
+
+def finished_rows(out: Path, meta: dict) -> list[dict]:
+    """The rows a previous, interrupted run of the same comparison already wrote (same settings and
+    calibration); none if the results are from different settings or absent."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return []
+    try:
+        done = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    return done["rows"] if done.get("meta") == meta else []
 
 
 def write_report(out: Path, meta: dict, rows: list[dict]) -> None:

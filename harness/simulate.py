@@ -11,7 +11,7 @@ Everything but the executor is the engine's own code: the same Scheduler, the sa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from baselines.registry import build_system
 from harness.cost_model import CostModel
@@ -91,8 +91,6 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     if cfg.backend == "real":
         runner, cap = _real_runner(cfg, model, cap)
     elif cfg.kv_cache_gib is not None:
-        from dataclasses import replace
-
         block_bytes = cfg.block_size * model.kv_bytes_per_token // tp
         blocks = max(1, int(cfg.kv_cache_gib * 1024**3) // block_bytes)
         cap = replace(cap, num_gpu_blocks=blocks, kv_bytes=blocks * block_bytes)
@@ -119,16 +117,13 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
 def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     """A model runner with random weights of the preset's shapes on this machine's device, and the KV
     capacity it has (`real_kv_cache_gib`: the GPU presets' capacity is for the paper's GPUs)."""
-    from dataclasses import replace
-
     import torch
 
-    from paged.llm import load_hf_model
+    from paged.llm import DTYPES, load_hf_model
     from paged.model_runner import ModelRunner
 
     if cfg.tensor_parallel_size != 1:
         raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
-    from paged.llm import DTYPES
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.real_dtype == "auto":

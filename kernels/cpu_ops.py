@@ -128,7 +128,8 @@ def prefill_attention(
         if end == start:
             continue
         # [1, H, n, D]: 4-D inputs let PyTorch pick its fused CPU flash kernel; 3-D ones fall back to
-        # the math path, which materialises the scores (measured 2.8x slower at 300 tokens, 4x at 1000).
+        # the math path, which materialises the scores (2.7x slower at 300 tokens, 4x at 1000:
+        # benchmarks/bench_cpu_ops.py).
         q = query[start:end].transpose(0, 1)[None]
         k, v = key[start:end], value[start:end]
         if cached == 0:

@@ -214,8 +214,8 @@ class ModelRunner:
         k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
         # In-place residual adds and ReLU: h and fc1's output are this step's own temporaries, and on
-        # a CPU a fresh [tokens, 4 * hidden] output per layer cost page faults several times the ReLU
-        # itself (2.7 vs 0.47 ms at 2048 tokens, benchmarks/README.md).
+        # a CPU a fresh [tokens, 4 * hidden] output per layer page-faulted inside a generate (ReLU
+        # 2.3-3.7 ms per call vs 0.19 in place; benchmarks/profile_generate.py, docs/real_engine.md).
         h = h.add_(self._reduce(attn.out_proj(self._attention(i, q, k, v, inputs))))
         x = layer.final_layer_norm(h)
         a = layer.fc1(x)

@@ -128,3 +128,32 @@ def test_time_scale_multiplies_every_simulated_step():
     base = SimulatedExecutor(cost).execute(out).duration_s
     slow = SimulatedExecutor(cost, time_scale=1.3).execute(out).duration_s
     assert base > 0 and slow == pytest.approx(1.3 * base)
+
+
+def test_a_rerun_skips_the_rates_already_done(tmp_path, monkeypatch, capsys):
+    """Rows are written after every rate; a re-run with the same settings and calibration keeps them
+    and runs only the missing rates; changed settings start afresh."""
+    import harness.sim_vs_real as svr
+
+    ran = []
+
+    def fake_compare(cfg, dataset, rate, *args):
+        ran.append(rate)
+        steps = {"decode": {"mean_abs_rel_error": 0.0, "predicted_over_measured": 1.0}}
+        return {
+            "rate": rate, "num_requests": 1, "normalized_latency_real": 1.0,
+            "normalized_latency_real_runs": [1.0], "real_run_spread": 0.0, "normalized_latency_sim": 1.0,
+            "normalized_latency_gap": 0.0, "steps": steps,
+        }  # fmt: skip
+
+    monkeypatch.setattr(svr, "compare", fake_compare)
+    out = str(tmp_path / "r")
+    svr.main(["--hardware", "a100-40gb", "--rates", "1", "--out", out])
+    svr.main(["--hardware", "a100-40gb", "--rates", "1", "2", "--out", out])
+    assert ran == [1.0, 2.0]
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["rate"] for r in rows] == [1.0, 2.0]
+    svr.main(["--hardware", "a100-40gb", "--rates", "1", "--duration", "30", "--out", out])
+    assert ran == [1.0, 2.0, 1.0]  # other settings: nothing reused
+    with pytest.raises(SystemExit, match="real-runs"):
+        svr.main(["--hardware", "a100-40gb", "--real-runs", "0", "--out", out])
