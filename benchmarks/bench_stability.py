@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from harness.profile_cpu import speed_probe
-    from paged.llm import load_hf_model
+    from paged.model_loader import load_hf_model
     from paged.model_runner import ModelRunner
 
     hf, _ = load_hf_model(args.model, torch.bfloat16, "cpu", 0)

@@ -53,7 +53,7 @@ def ensure_model(preset: str, seed: int, root: Path) -> Path:
         return path
     import torch
 
-    from paged.llm import load_hf_model
+    from paged.model_loader import load_hf_model
 
     model, _ = load_hf_model(preset, torch.float32, "cpu", seed)
     tmp = path.with_name(path.name + ".tmp")

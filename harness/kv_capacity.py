@@ -80,7 +80,7 @@ def kv_capacity(
     activations = activation_peak_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     reserve = int(runtime_reserve_gib * GIB)
     kv = budget - weights - activations - reserve
-    block_bytes = block_size * model.kv_bytes_per_token // tp
+    block_bytes = block_size * model.kv_bytes_per_token(tp=tp)
     if kv < block_bytes:
         raise ValueError(
             f"{model.name} does not fit on {tp} x {gpu.name}: weights take {weights / GIB:.1f} GiB per GPU "

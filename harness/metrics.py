@@ -78,9 +78,12 @@ def request_metrics(groups: list[SequenceGroup]) -> dict:
 
 
 def step_metrics(steps: list[StepRecord]) -> dict:
+    """Per-step metrics. Steps and batch sizes count the steps that ran (`executed`); preemptions and
+    swapped blocks count every step, so they equal the scheduler's own counters."""
     out: dict = {}
-    out["num_steps"] = len(steps)
-    out["avg_batched_requests"] = float(np.mean([s.num_groups for s in steps])) if steps else 0.0
+    ran = [s for s in steps if s.executed]
+    out["num_steps"] = len(ran)
+    out["avg_batched_requests"] = float(np.mean([s.num_groups for s in ran])) if ran else 0.0
     out["num_preemptions"] = int(sum(s.num_preempted for s in steps))
     out["num_swapped_blocks"] = int(sum(s.num_blocks_swapped_out for s in steps))
     sampled = [s for s in steps if s.memory is not None]

@@ -12,74 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from paged.presets import GIB, ModelSpec, load_model  # noqa: F401  (re-exported)
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GIB = 1024**3
-
-
-@dataclass
-class ModelSpec:
-    """Transformer dimensions, with transformers' config names."""
-
-    name: str
-    family: str  # opt | llama
-    num_hidden_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    max_position_embeddings: int
-    ffn_dim: int = 0  # OPT
-    intermediate_size: int = 0  # LLaMA
-    dtype_bytes: int = 2  # fp16
-
-    def __post_init__(self) -> None:
-        if self.family not in ("opt", "llama"):
-            raise ValueError(f"model {self.name}: family must be opt or llama, got {self.family!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"model {self.name}: hidden_size must be a multiple of num_attention_heads")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def mlp_width(self) -> int:
-        return self.ffn_dim if self.family == "opt" else self.intermediate_size
-
-    @property
-    def num_mlp_matrices(self) -> int:
-        return 2 if self.family == "opt" else 3  # OPT: fc1, fc2; LLaMA: gate, up, down
-
-    @property
-    def qkv_width(self) -> int:
-        return self.hidden_size + 2 * self.num_key_value_heads * self.head_dim
-
-    @property
-    def linear_params_per_layer(self) -> int:
-        """Weights of the layer's matrix multiplies: QKV, output projection, MLP."""
-        h = self.hidden_size
-        return h * self.qkv_width + h * h + self.num_mlp_matrices * h * self.mlp_width
-
-    @property
-    def num_params(self) -> int:
-        h, v = self.hidden_size, self.vocab_size
-        per_layer = self.linear_params_per_layer + 4 * h  # + layer norms
-        if self.family == "opt":
-            # biases, learned positions (OPT offsets them by 2), LM head tied to the embedding
-            per_layer += self.qkv_width + h + self.mlp_width + h
-            embed = v * h + (self.max_position_embeddings + 2) * h
-        else:
-            embed = 2 * v * h  # untied LM head
-        return self.num_hidden_layers * per_layer + embed + 2 * h
-
-    @property
-    def weight_bytes(self) -> int:
-        return self.num_params * self.dtype_bytes
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Keys and values of one token across all layers (paper Table 1: 800 KiB for OPT-13B)."""
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * self.dtype_bytes
 
 
 @dataclass
@@ -131,13 +66,6 @@ def _load(kind: str, name_or_path: str, cls):
         return cls(**data)
     except TypeError as e:
         raise ValueError(f"{path}: {e}") from None
-
-
-def load_model(name_or_path: str) -> ModelSpec:
-    """A model preset by name (opt-13b, opt-66b, opt-175b, opt-125m, llama-7b, llama-13b) or path."""
-    if isinstance(name_or_path, ModelSpec):
-        return name_or_path
-    return _load("model", name_or_path, ModelSpec)
 
 
 def load_hardware(name_or_path: str) -> GPUSpec:

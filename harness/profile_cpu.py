@@ -61,7 +61,7 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     """(hardware preset fields, calibration JSON) for this machine and model."""
     from harness.presets import load_model
     from kernels import cpu_native
-    from paged.llm import load_hf_model
+    from paged.model_loader import load_hf_model
     from paged.model_runner import ModelRunner
 
     spec = load_model(model_name)
@@ -154,7 +154,7 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
         norm_ms.append(
             statistics.median((s["total"] - s["linear"] - s["lm_head"]) / L for s in samples["decode", t])
         )
-    kv_bytes_per_token = 2 * L * spec.num_key_value_heads * spec.head_dim * 2
+    kv_bytes_per_token = spec.kv_bytes_per_token()
     ms_per_token = (part("long", batch, "attention") - part("short", batch, "attention")) / (
         batch * (ctx - bs)
     )
@@ -323,7 +323,8 @@ def _overheads(hf, reps: int) -> dict:
     """Executor time outside the forward pass (prepare + sample), per step and per sequence/token."""
     from paged import CacheConfig, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
     from paged.block_manager import BlockManager
-    from paged.model_runner import ModelRunner, RealExecutor
+    from paged.model_runner import ModelRunner
+    from paged.real_executor import RealExecutor
 
     runner = ModelRunner(hf, 2048, 16, 0)
     cache = CacheConfig(num_gpu_blocks=2048, block_size=16, num_cpu_blocks=0)
@@ -335,7 +336,7 @@ def _overheads(hf, reps: int) -> dict:
         params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
         for i, p in enumerate(prompts):
             sched.add(SequenceGroup(str(i), p, params))
-        ex = RealExecutor(runner, memory)
+        ex = RealExecutor(runner)
         out = sched.schedule(0.0)
         if decode:
             sched.postprocess(out, ex.execute(out).outputs, 0.0)

@@ -91,7 +91,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     if cfg.backend == "real":
         runner, cap = _real_runner(cfg, model, cap)
     elif cfg.kv_cache_gib is not None:
-        block_bytes = cfg.block_size * model.kv_bytes_per_token // tp
+        block_bytes = cfg.block_size * model.kv_bytes_per_token(tp=tp)
         blocks = max(1, int(cfg.kv_cache_gib * 1024**3) // block_bytes)
         cap = replace(cap, num_gpu_blocks=blocks, kv_bytes=blocks * block_bytes)
     cache_cfg = CacheConfig(
@@ -103,9 +103,9 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     )
     memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
     if cfg.backend == "real":
-        from paged.model_runner import RealExecutor
+        from paged.real_executor import RealExecutor
 
-        executor = RealExecutor(runner, memory, seed=cfg.seed)
+        executor = RealExecutor(runner, seed=cfg.seed)
     else:
         executor = SimulatedExecutor(cost, seed=cfg.seed, time_scale=cfg.time_scale)
     engine = Engine(
@@ -119,7 +119,7 @@ def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     capacity it has (`real_kv_cache_gib`: the GPU presets' capacity is for the paper's GPUs)."""
     import torch
 
-    from paged.llm import DTYPES, load_hf_model
+    from paged.model_loader import DTYPES, load_hf_model
     from paged.model_runner import ModelRunner
 
     if cfg.tensor_parallel_size != 1:
@@ -133,7 +133,7 @@ def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     else:
         raise ValueError(f"real_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg.real_dtype!r}")
     hf, _ = load_hf_model(model.name, dtype, device, cfg.seed)
-    block_bytes = cfg.block_size * model.kv_bytes_per_token // model.dtype_bytes * dtype.itemsize
+    block_bytes = cfg.block_size * model.kv_bytes_per_token(dtype.itemsize)
     gib = cfg.kv_cache_gib if cfg.kv_cache_gib is not None else cfg.real_kv_cache_gib
     num_blocks = max(1, int(gib * 1024**3) // block_bytes)
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.

@@ -23,8 +23,8 @@ import bisect
 
 import torch
 
-from paged.executor import Sample
 from paged.sequence import Sequence, SequenceGroup, SequenceStatus
+from paged.step import Sample
 
 _DONE = (SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH_CAPPED)
 

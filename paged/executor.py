@@ -11,30 +11,16 @@ samples per scheduled group plus how long the step took.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Protocol
 
-from paged.scheduler import SchedulerOutput
 from paged.sequence import SequenceStatus
-
-
-@dataclass(slots=True)
-class Sample:
-    """One sampled token for the sequence `parent_seq_id`. Several samples with the same parent
-    fork it (beam search); a running sequence that gets none is dropped (a losing beam)."""
-
-    parent_seq_id: int
-    token_id: int
-    logprob: float = 0.0
-
-
-@dataclass
-class ExecutorResult:
-    outputs: list[list[Sample]]  # one list per group in SchedulerOutput.scheduled_groups
-    duration_s: float  # wall time on a real executor, predicted time on a simulated one
+from paged.step import ExecutorResult, Sample, SchedulerOutput
 
 
 class Executor(Protocol):
+    """Runs one scheduled step. Reads only the `SchedulerOutput` (and the sequences it names): block
+    tables, compute ranges and block operations all come in it, never from the memory manager."""
+
     def execute(self, out: SchedulerOutput) -> ExecutorResult: ...
 
 

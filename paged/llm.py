@@ -1,13 +1,12 @@
 """A vLLM-shaped offline API: `LLM(model=...).generate(prompts, SamplingParams(...))`.
 
-    from paged import SamplingParams
-    from paged.llm import LLM
+    from paged import LLM, SamplingParams
     llm = LLM(model="opt-125m", dtype="float32", seed=0)          # a preset: random weights
     outs = llm.generate([[2, 100, 7], [2, 9]], SamplingParams(max_tokens=8, temperature=0))
     outs[0].outputs[0].token_ids
 
 `model` is a local directory holding a transformers checkpoint (with a tokenizer, prompts may be
-strings) or the name of a model preset in conf/model (random weights: shapes decide speed). Results
+strings) or the name of a model preset in paged/presets/model (random weights: shapes decide speed). Results
 come back in prompt order; each request's outputs are sorted best first: by cumulative log-probability,
 or with beam search by transformers' beam score (the n best finished hypotheses).
 """
@@ -15,7 +14,6 @@ or with beam search by transformers' beam score (the n best finished hypotheses)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -23,12 +21,12 @@ from paged.beam_search import best_hypotheses
 from paged.block_manager import BlockManager
 from paged.config import CacheConfig, SchedulerConfig
 from paged.engine import Engine
-from paged.model_runner import ModelRunner, RealExecutor
+from paged.model_loader import DTYPES, load_hf_model
+from paged.model_runner import ModelRunner
+from paged.real_executor import RealExecutor
 from paged.sampling_params import SamplingParams
 from paged.scheduler import Scheduler
 from paged.sequence import SequenceGroup
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -44,61 +42,6 @@ class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
-
-
-def _hf_config_from_preset(name: str):
-    """A transformers config with a preset's dimensions (harness/presets.py reads conf/model)."""
-    from harness.presets import load_model
-
-    spec = load_model(name)
-    if spec.family == "opt":
-        from transformers import OPTConfig
-
-        return OPTConfig(
-            hidden_size=spec.hidden_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            ffn_dim=spec.ffn_dim,
-            vocab_size=spec.vocab_size,
-            max_position_embeddings=spec.max_position_embeddings,
-            word_embed_proj_dim=spec.hidden_size,
-        )
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        intermediate_size=spec.intermediate_size,
-        vocab_size=spec.vocab_size,
-        max_position_embeddings=spec.max_position_embeddings,
-    )
-
-
-def load_hf_model(model: str, dtype: torch.dtype, device: str, seed: int):
-    """(model, tokenizer or None) from a local directory or a preset name."""
-    from transformers import AutoModelForCausalLM
-
-    path = Path(model)
-    if path.is_dir():
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-        tokenizer = None
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError):
-            tokenizer = None  # no tokenizer in the directory: prompts must be token ids
-        return hf.eval(), tokenizer
-    if "/" in model or path.suffix:
-        raise FileNotFoundError(
-            f"model directory {model!r} does not exist; give a local transformers checkpoint directory or "
-            "a preset name (opt-125m, opt-13b, llama-7b, ...)"
-        )
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(_hf_config_from_preset(model), dtype=dtype)
-    return hf.to(device).eval(), None
 
 
 def kv_blocks_from_profile(total_bytes: int, utilization: float, peak_bytes: int, block_bytes: int) -> int:
@@ -145,7 +88,7 @@ class LLM:
             )
         self._tp_workers = []
         if tp > 1:
-            from paged.tensor_parallel import start_workers
+            from paged.tp_workers import start_workers
 
             device = "cuda:0" if device.startswith("cuda") else device
             self._tp_workers = start_workers(model, dtype, device, seed, block_size, tp)
@@ -195,7 +138,7 @@ class LLM:
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (also run at exit)."""
         if self._tp_workers:
-            from paged.tensor_parallel import stop_workers
+            from paged.tp_workers import stop_workers
 
             stop_workers(self._tp_workers)
             self._tp_workers = []
@@ -222,7 +165,7 @@ class LLM:
             per_prompt = [sampling_params or SamplingParams()] * len(prompts)
         memory = BlockManager(self.cache_config, self.scheduler_config.max_model_len)
         scheduler = Scheduler(self.scheduler_config, memory)
-        engine = Engine(scheduler, RealExecutor(self.runner, memory, seed=self.seed))
+        engine = Engine(scheduler, RealExecutor(self.runner, seed=self.seed))
         groups = []
         for prompt, params in zip(prompts, per_prompt):
             if isinstance(prompt, str):

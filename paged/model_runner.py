@@ -13,19 +13,17 @@ Imported only by the real engine: it needs torch, which the scheduler and the si
 from __future__ import annotations
 
 import itertools
-import time
-import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from paged.beam_search import beam_search_step
-from paged.executor import ExecutorResult, Sample
-from paged.memory import KVCacheManager
-from paged.scheduler import SchedulerOutput
+from paged.presets import kv_bytes_per_token
 from paged.sequence import SequenceStatus
+from paged.step import SchedulerOutput
 
 _RUNNING = SequenceStatus.RUNNING
+_NO_TIMER = nullcontext()
 
 
 def kernel_ops(device: torch.device):
@@ -93,6 +91,9 @@ class ModelRunner:
         self.num_layers = cfg.num_hidden_layers
         self.allocate_cache(num_gpu_blocks, num_cpu_blocks)
         self._head_buf = self._logits_buf = None
+        # An object whose part(name) returns a context manager timing that part (harness/calib's
+        # ForwardTimer); None in serving.
+        self.timer = None
         if self.family == "opt":
             dec = hf_model.model.decoder
             self.layers, self.final_norm = dec.layers, dec.final_layer_norm
@@ -102,7 +103,7 @@ class ModelRunner:
     @property
     def block_bytes(self) -> int:
         """Bytes of one block: keys and values of block_size tokens in every layer."""
-        per_token = 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+        per_token = kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype.itemsize)
         return per_token * self.block_size
 
     def allocate_cache(self, num_gpu_blocks: int, num_cpu_blocks: int) -> None:
@@ -188,8 +189,13 @@ class ModelRunner:
         """q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]. Writes first, then reads (executor contract)."""
         kc, vc = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
         self.ops.write_kv_cache(k.contiguous(), v.contiguous(), kc, vc, inputs.slot_mapping)
+        with self._part("attention"):
+            out = self._attend(q, k, v, kc, vc, inputs)
+        return out.reshape(out.shape[0], -1)
+
+    def _attend(self, q, k, v, kc, vc, inputs: StepInputs):
         if inputs.is_prefill:
-            out = self.ops.prefill_attention(
+            return self.ops.prefill_attention(
                 q.contiguous(),
                 k.contiguous(),
                 v.contiguous(),
@@ -200,11 +206,9 @@ class ModelRunner:
                 inputs.cached_lens,
                 self.scale,
             )
-        else:
-            out = self.ops.paged_decode_attention(
-                q.contiguous(), kc, vc, inputs.block_tables, inputs.context_lens, self.scale
-            )
-        return out.reshape(out.shape[0], -1)
+        return self.ops.paged_decode_attention(
+            q.contiguous(), kc, vc, inputs.block_tables, inputs.context_lens, self.scale
+        )
 
     def _opt_layer(self, i, layer, h, inputs):
         attn = layer.self_attn
@@ -251,9 +255,18 @@ class ModelRunner:
         self.copy(copies)
         return None if inputs is None else self.forward(inputs)
 
+    def _part(self, name: str):
+        """A timing context around one part of the forward pass ("forward", "attention", "lm_head"):
+        the profiler (harness/calib) sets `timer`; unset, it costs one attribute test."""
+        return _NO_TIMER if self.timer is None else self.timer.part(name)
+
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Logits [B, vocab] for the rows in inputs.logit_rows."""
+        with self._part("forward"):
+            return self._forward(inputs)
+
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
         m = self.model
         if self.family == "opt":
             dec = m.model.decoder
@@ -266,7 +279,8 @@ class ModelRunner:
             for i, layer in enumerate(self.layers):
                 h = self._llama_layer(i, layer, h, inputs, cos, sin)
         h = self.final_norm(h[inputs.logit_rows])
-        return self._lm_head(h)
+        with self._part("lm_head"):
+            return self._lm_head(h)
 
     def _lm_head(self, h: torch.Tensor) -> torch.Tensor:
         """fp32 logits [rows, vocab], written into buffers kept across steps: on a CPU a fresh
@@ -282,10 +296,11 @@ class ModelRunner:
         return self._logits_buf[:n].copy_(out)
 
     # ------------------------------------------------------------------ inputs from a scheduled step
-    def prepare(self, out: SchedulerOutput, memory: KVCacheManager) -> tuple[StepInputs, list]:
-        """The step's batch, and for each scheduled group the (sequence, logits row) of its running
-        sequences. A sequence with nothing to compute (a sibling identical to one that computes, after a
-        recompute or at a request's admission) reads its sibling's row."""
+    def prepare(self, out: SchedulerOutput) -> tuple[StepInputs, list]:
+        """The step's batch from the scheduler's output alone (its block tables and compute ranges),
+        and for each scheduled group the (sequence, logits row) of its running sequences. A sequence
+        with nothing to compute (a sibling identical to one that computes, after a recompute or at a
+        request's admission) reads its sibling's row."""
         bs = self.block_size
         ids, pos, slots, tables, cu, cached, ctx, rows = [], [], [], [], [0], [], [], []
         per_group = []
@@ -296,9 +311,8 @@ class ModelRunner:
             for seq in group.seqs:
                 if seq.status is not _RUNNING:
                     continue
-                table = memory.get_block_table(seq)
-                n = len(seq.token_ids)
-                start = seq.num_computed_tokens if out.is_prefill else n - 1
+                table = out.block_tables[seq.seq_id]
+                start, n = out.compute_range(seq)
                 if start >= n:
                     pending.append(seq)
                     continue
@@ -343,90 +357,3 @@ class ModelRunner:
         else:
             inputs.context_lens = torch.tensor(ctx, dtype=torch.int32, device=dev)
         return inputs, per_group
-
-
-def _greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
-    """Each row's argmax and its log-probability: natively on a CPU (one pass, no [rows, vocab]
-    temporaries), else with torch."""
-    from kernels import cpu_native
-
-    if logits.device.type == "cpu" and cpu_native.available():
-        tokens, lp = cpu_native.greedy_rows(logits)
-    else:
-        tokens = torch.argmax(logits, dim=-1)
-        lp = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-    return tokens.tolist(), lp.tolist()
-
-
-class RealExecutor:
-    """The engine's executor on a real model: block operations, the forward pass, sampling, wall time.
-
-    Sampling: greedy when temperature is 0, else temperature / top-k / top-p sampling from one seeded
-    generator; beam search as transformers does it (paged/beam_search.py)."""
-
-    def __init__(self, runner: ModelRunner, memory: KVCacheManager, seed: int = 0) -> None:
-        self.runner = runner
-        self.memory = memory
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        # Per-request generators, dropped with their request (weak keys: no growth over a long run).
-        self._request_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def execute(self, out: SchedulerOutput) -> ExecutorResult:
-        start = time.perf_counter()
-        r = self.runner
-        inputs, per_group = r.prepare(out, self.memory) if out.scheduled_groups else (None, [])
-        step = (out.blocks_to_swap_out, out.blocks_to_swap_in, out.blocks_to_copy, inputs)
-        if r.tp_size > 1:  # one scheduler: every rank applies this rank's decisions
-            from paged.tensor_parallel import broadcast_step
-
-            broadcast_step(step)
-        logits = r.run_step(*step)
-        outputs: list[list[Sample]] = []
-        if inputs is not None:
-            logits = logits.cpu()
-            groups = out.scheduled_groups
-            # Greedy rows for the whole batch at once; a full log-softmax only when a group needs it.
-            greedy, greedy_lp = _greedy(logits)
-            logprobs = None
-            if any(g.sampling_params.use_beam_search for g in groups):
-                logprobs = torch.log_softmax(logits, dim=-1)
-            for group, entries in zip(groups, per_group):
-                params = group.sampling_params
-                if params.use_beam_search:
-                    outputs.append(beam_search_step(group, entries, logprobs))
-                    continue
-                if params.temperature == 0:
-                    outputs.append([Sample(seq.seq_id, greedy[row], greedy_lp[row]) for seq, row in entries])
-                    continue
-                samples = []
-                gen = self.generator
-                if params.seed is not None:  # vLLM's per-request seed
-                    gen = self._request_generators.get(group)
-                    if gen is None:
-                        gen = torch.Generator(device="cpu").manual_seed(params.seed)
-                        self._request_generators[group] = gen
-                for seq, row in entries:
-                    token, logprob = self._sample(logits[row], params, gen)
-                    samples.append(Sample(seq.seq_id, token, logprob))
-                outputs.append(samples)
-        if r.device.type == "cuda":
-            torch.cuda.synchronize()
-        return ExecutorResult(outputs, time.perf_counter() - start)
-
-    def _sample(self, logits: torch.Tensor, params, generator: torch.Generator) -> tuple[int, float]:
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if params.temperature == 0:
-            token = int(torch.argmax(logits))
-            return token, float(logprobs[token])
-        scaled = logits / params.temperature
-        if params.top_k > 0:
-            kth = torch.topk(scaled, min(params.top_k, scaled.numel())).values[-1]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        probs = torch.softmax(scaled, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            probs = probs / probs.sum()
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        return token, float(logprobs[token])

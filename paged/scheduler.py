@@ -15,15 +15,11 @@ Each step is either a prompt step or a decode step (no mixing, as in vLLM v0.1):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from paged.config import SchedulerConfig
 from paged.memory import AllocStatus, KVCacheManager
 from paged.sequence import FINISHED, SequenceGroup, SequenceStatus, next_seq_id
-
-if TYPE_CHECKING:
-    from paged.executor import Sample
+from paged.step import Sample, SchedulerOutput
 
 _RUNNING = SequenceStatus.RUNNING
 _WAITING = SequenceStatus.WAITING
@@ -32,28 +28,6 @@ _SWAPPED = SequenceStatus.SWAPPED
 
 def _arrival(group: SequenceGroup) -> float:
     return group.arrival_time
-
-
-@dataclass
-class SchedulerOutput:
-    """What one step runs. A prefill group's sequences compute tokens [num_computed_tokens, len);
-    a decode group's running sequences compute their newest token."""
-
-    scheduled_groups: list[SequenceGroup] = field(default_factory=list)
-    is_prefill: bool = False
-    num_batched_tokens: int = 0  # tokens the forward pass computes
-    num_seqs: int = 0  # sequences in the batch
-    # (device, host) and (host, device) pairs. Pairs, not a dict: a block shared across groups (a
-    # shared prefix, a cached block) is copied once for each group that swaps it out.
-    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
-    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
-    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
-    preempted: list[SequenceGroup] = field(default_factory=list)
-    rejected: list[SequenceGroup] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled_groups
 
 
 class Scheduler:
@@ -172,6 +146,8 @@ class Scheduler:
             for seq in group.seqs:
                 if seq.status is _WAITING:
                     seq.status = _RUNNING
+                    out.block_tables[seq.seq_id] = memory.get_block_table(seq)
+                    out.prefill_ranges[seq.seq_id] = (seq.num_computed_tokens, len(seq.token_ids))
             if group.metrics.first_scheduled_time is None:
                 group.metrics.first_scheduled_time = now
             if self.running and group.arrival_time < self.running[-1].arrival_time:
@@ -191,6 +167,8 @@ class Scheduler:
         memory = self.memory
         can_append_slots = memory.can_append_slots
         append_slot = memory.append_slot
+        get_block_table = memory.get_block_table
+        tables = out.block_tables
         copies = out.blocks_to_copy
         queue = deque(self.running)
         kept = []
@@ -210,6 +188,7 @@ class Scheduler:
                         copy = append_slot(seq)
                         if copy is not None:
                             copies.append(copy)
+                        tables[seq.seq_id] = get_block_table(seq)
                 kept.append(group)
         self.running = kept
         out.num_seqs = num_seqs
@@ -261,6 +240,7 @@ class Scheduler:
                     copy = memory.append_slot(seq)
                     if copy is not None:
                         out.blocks_to_copy.append(copy)
+                    out.block_tables[seq.seq_id] = memory.get_block_table(seq)
             self.running.append(group)
             self._running_sorted = False
             num_seqs += n

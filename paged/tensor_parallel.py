@@ -10,18 +10,14 @@ One scheduler and one block manager run on rank 0 (paper section 4.6: "a single 
 ... block table shared by all workers"); the block ids they pick are valid on every rank, because
 every rank's cache has the same blocks, each holding its own heads. Each step rank 0 broadcasts
 the step's block operations and model inputs; workers apply them (`worker_loop`) and rank 0 samples.
-gloo on CPU, NCCL on CUDA.
+gloo on CPU, NCCL on CUDA. This module is a leaf (torch only); the LLM API's worker processes are
+started by paged/tp_workers.py.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 
@@ -107,50 +103,9 @@ def worker_loop(runner) -> None:
         runner.run_step(*payload)
 
 
-# ---------------------------------------------------------------------- the LLM API's worker processes
-def _worker_main(model, dtype, device, seed, block_size, rank, world, port) -> None:
-    from paged.llm import DTYPES, load_hf_model
-    from paged.model_runner import ModelRunner
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if device.startswith("cuda"):
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=rank, world_size=world)
-    hf, _ = load_hf_model(model, DTYPES[dtype], device, seed)
-    runner = ModelRunner(hf, 0, block_size, 0, tp_rank=rank, tp_size=world)
-    box = [None]
-    dist.broadcast_object_list(box, src=0)  # rank 0's cache size
-    runner.allocate_cache(*box[0])
-    runner.warmup()
-    worker_loop(runner)
-    dist.destroy_process_group()
-
-
-def start_workers(model, dtype, device, seed, block_size, world) -> list:
-    """Start ranks 1..world-1 as processes and join the process group as rank 0 (LLM API)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker_main, args=(model, dtype, device, seed, block_size, r, world, port), daemon=True
-        )
-        for r in range(1, world)
-    ]
-    for p in procs:
-        p.start()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, rank=0, world_size=world)
-    atexit.register(stop_workers, procs)
-    return procs
-
-
-def stop_workers(procs: list) -> None:
-    if dist.is_initialized():
-        broadcast_step(None)
-        dist.destroy_process_group()
-    for p in procs:
-        p.join(timeout=30)
+def init_group(rank: int, world: int, store_path: str, cuda: bool) -> None:
+    """Join the process group through a file rendezvous: no TCP port is picked, freed and picked again
+    by another process (a port chosen that way can be taken in between)."""
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world
+    )

@@ -145,11 +145,18 @@ def test_fastertransformer_batches_are_static():
     groups = [make_group(i, range(10), max_tokens=n, arrival=0.0) for i, n in enumerate(lengths)]
     for g in groups:
         sched.add(g)
-    engine = Engine(sched, NullExecutor(step_time_s=1.0))
+    executed = []  # every SchedulerOutput the executor receives
+
+    class Recording(NullExecutor):
+        def execute(self, out):
+            executed.append(out)
+            return super().execute(out)
+
+    engine = Engine(sched, Recording(step_time_s=1.0))
     admitted = []
     while sched.has_unfinished:
         engine.step()
-        out = engine.last_output
+        out = executed[-1]
         if out.is_prefill:
             admitted.append([g.request_id for g in out.scheduled_groups])
             assert not [g for g in sched.running if g not in out.scheduled_groups]  # nobody mid-batch

@@ -23,7 +23,7 @@ def test_table1_slots_within_3_percent(model, gpu, tp, paper_slots):
 
 def test_kv_bytes_per_token_match_table1():
     # Paper Table 1: 800 KiB, 2304 KiB, 4608 KiB per token in fp16.
-    assert [load_model(m).kv_bytes_per_token // 1024 for m in ("opt-13b", "opt-66b", "opt-175b")] == [
+    assert [load_model(m).kv_bytes_per_token() // 1024 for m in ("opt-13b", "opt-66b", "opt-175b")] == [
         800,
         2304,
         4608,

@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalL
 
 from baselines import build_system
 from paged import CacheConfig, Engine, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
-from paged.model_runner import ModelRunner, RealExecutor
+from paged.model_runner import ModelRunner
+from paged.real_executor import RealExecutor
 
 
 def tiny(family: str):
@@ -65,7 +66,7 @@ def engine_greedy(
     runner = ModelRunner(model, num_gpu_blocks, block_size, num_cpu_blocks)
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     groups = [SequenceGroup(str(i), p, params) for i, p in enumerate(prompts)]
-    Engine(scheduler, RealExecutor(runner, memory)).run(groups)
+    Engine(scheduler, RealExecutor(runner)).run(groups)
     return [g.seqs[0].output_token_ids for g in groups], scheduler
 
 
@@ -182,7 +183,7 @@ def engine_beams(model, prompts, n, width, eos, num_gpu_blocks=64, mode="auto", 
         max_tokens=n, temperature=0.0, n=width, use_beam_search=True, ignore_eos=ignore_eos
     )
     groups = [SequenceGroup(str(i), p, params, eos_token_id=eos) for i, p in enumerate(prompts)]
-    Engine(scheduler, RealExecutor(runner, memory)).run(groups)
+    Engine(scheduler, RealExecutor(runner)).run(groups)
     from paged.beam_search import best_hypotheses
 
     assert memory.gpu.num_free == num_gpu_blocks and memory.cpu.num_free == 64  # every beam freed

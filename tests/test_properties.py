@@ -90,7 +90,7 @@ def run_workload(cfg, requests, check_every_step=True):
         while pending and pending[0].arrival_time <= step:
             scheduler.add(pending.pop(0))
         engine.clock = float(step)
-        finished += engine.step()
+        finished += engine.step().finished
         step += 1
         assert step < 20_000, "no progress"
         if check_every_step:

@@ -4,8 +4,6 @@ when the central scheduler preempts by swapping, for OPT and LLaMA (paged/tensor
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -14,21 +12,16 @@ import torch.multiprocessing as mp
 
 from baselines import build_system
 from paged import CacheConfig, Engine, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
-from paged.model_runner import ModelRunner, RealExecutor
+from paged.model_runner import ModelRunner
+from paged.real_executor import RealExecutor
+from paged.tensor_parallel import init_group
 from tests.test_model_runner import PROMPTS, engine_greedy, tiny
 
 NEW_TOKENS = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world, port, family, num_gpu_blocks, result_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank_main(rank, world, store_path, family, num_gpu_blocks, result_path):
+    init_group(rank, world, store_path, cuda=False)  # a file rendezvous: no port to race for
     torch.set_num_threads(1)
     try:
         model = tiny(family)  # same seed on every rank: the same weights before sharding
@@ -49,7 +42,7 @@ def _rank_main(rank, world, port, family, num_gpu_blocks, result_path):
         scheduler = Scheduler(cfg, memory)
         params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
         groups = [SequenceGroup(str(i), p, params) for i, p in enumerate(PROMPTS)]
-        Engine(scheduler, RealExecutor(runner, memory)).run(groups)
+        Engine(scheduler, RealExecutor(runner)).run(groups)
         broadcast_step(None)
         result = {
             "tokens": [g.seqs[0].output_token_ids for g in groups],
@@ -66,7 +59,12 @@ def _rank_main(rank, world, port, family, num_gpu_blocks, result_path):
 def test_tp2_gives_the_tokens_of_tp1(family, num_gpu_blocks, tmp_path):
     expected, _ = engine_greedy(tiny(family), PROMPTS, NEW_TOKENS, num_gpu_blocks=num_gpu_blocks, mode="swap")
     path = tmp_path / "result.json"
-    mp.spawn(_rank_main, args=(2, _free_port(), family, num_gpu_blocks, str(path)), nprocs=2, join=True)
+    mp.spawn(
+        _rank_main,
+        args=(2, str(tmp_path / "rendezvous"), family, num_gpu_blocks, str(path)),
+        nprocs=2,
+        join=True,
+    )
     result = json.loads(path.read_text())
     assert result["local_heads"] == 2  # 4 heads split over 2 ranks
     if num_gpu_blocks == 8:

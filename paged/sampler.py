@@ -1,0 +1,92 @@
+"""Sampling on the real engine: the next token of every running sequence from its logits.
+
+Greedy when temperature is 0 (the whole batch's argmax in one pass), else temperature / top-k / top-p
+sampling from one seeded generator, or from the request's own generator when its SamplingParams carry
+a seed (vLLM's per-request seed: reproducible in any batch); beam search as transformers does it
+(paged/beam_search.py). The output is plain `Sample`s: the scheduler forks and frees from them.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from paged.beam_search import beam_search_step
+from paged.sampling_params import SamplingParams
+from paged.sequence import Sequence, SequenceGroup
+from paged.step import Sample
+
+
+def greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Each row's argmax and its log-probability: natively on a CPU (one pass, no [rows, vocab]
+    temporaries), else with torch."""
+    from kernels import cpu_native
+
+    if logits.device.type == "cpu" and cpu_native.available():
+        tokens, lp = cpu_native.greedy_rows(logits)
+    else:
+        tokens = torch.argmax(logits, dim=-1)
+        lp = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return tokens.tolist(), lp.tolist()
+
+
+class Sampler:
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # Per-request generators, dropped with their request (weak keys: no growth over a long run).
+        self._request_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        groups: list[SequenceGroup],
+        rows: list[list[tuple[Sequence, int]]],
+    ) -> list[list[Sample]]:
+        """logits: [rows, vocab] fp32 on the CPU; rows[i]: (sequence, logits row) of group i's running
+        sequences. Returns one list of samples per group."""
+        # Greedy rows for the whole batch at once; a full log-softmax only when a group needs it.
+        greedy_tokens, greedy_lp = greedy(logits)
+        logprobs = None
+        if any(g.sampling_params.use_beam_search for g in groups):
+            logprobs = torch.log_softmax(logits, dim=-1)
+        outputs: list[list[Sample]] = []
+        for group, entries in zip(groups, rows):
+            params = group.sampling_params
+            if params.use_beam_search:
+                outputs.append(beam_search_step(group, entries, logprobs))
+            elif params.temperature == 0:
+                outputs.append([Sample(s.seq_id, greedy_tokens[r], greedy_lp[r]) for s, r in entries])
+            else:
+                gen = self._generator(group)
+                outputs.append(
+                    [Sample(s.seq_id, *self._sample_row(logits[r], params, gen)) for s, r in entries]
+                )
+        return outputs
+
+    def _generator(self, group: SequenceGroup) -> torch.Generator:
+        seed = group.sampling_params.seed
+        if seed is None:
+            return self.generator
+        gen = self._request_generators.get(group)
+        if gen is None:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            self._request_generators[group] = gen
+        return gen
+
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator):
+        """(token, its log-probability under the unscaled distribution) for one row."""
+        logprobs = torch.log_softmax(logits, dim=-1)
+        scaled = logits / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(scaled, min(params.top_k, scaled.numel())).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            probs = probs / probs.sum()
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        return token, float(logprobs[token])

@@ -1,0 +1,89 @@
+"""What one iteration carries between the parts of the engine loop (engine.py):
+schedule -> `SchedulerOutput` -> execute -> `ExecutorResult` -> post-process -> `StepRecord`.
+
+The scheduler's output holds everything an executor needs (the sequences, their block tables, what
+each computes, and the block operations), so an executor never asks the memory manager anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from paged.memory import MemoryUsage
+from paged.sequence import Sequence, SequenceGroup
+
+
+@dataclass
+class SchedulerOutput:
+    """What one step runs: a prompt step or a decode step (vLLM v0.1 never mixes them).
+
+    A prefill sequence computes tokens `prefill_ranges[seq_id] = (start, end)`: `start` tokens were
+    found shared or cached (paper section 4.4), `end` is its length. A decode sequence computes its
+    newest token, [len - 1, len). `block_tables[seq_id]` maps each running sequence's logical blocks to
+    physical block ids, as they are for this step (after its swaps, copies and appends)."""
+
+    scheduled_groups: list[SequenceGroup] = field(default_factory=list)
+    is_prefill: bool = False
+    num_batched_tokens: int = 0  # tokens the forward pass computes
+    num_seqs: int = 0  # sequences in the batch
+    block_tables: dict[int, list[int]] = field(default_factory=dict)
+    prefill_ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # (device, host) and (host, device) pairs. Pairs, not a dict: a block shared across groups (a
+    # shared prefix, a cached block) is copied once for each group that swaps it out.
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
+    preempted: list[SequenceGroup] = field(default_factory=list)
+    rejected: list[SequenceGroup] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled_groups
+
+    @property
+    def has_block_ops(self) -> bool:
+        return bool(self.blocks_to_swap_out or self.blocks_to_swap_in or self.blocks_to_copy)
+
+    def compute_range(self, seq: Sequence) -> tuple[int, int]:
+        """The token positions [start, end) the sequence computes in this step."""
+        if self.is_prefill:
+            return self.prefill_ranges[seq.seq_id]
+        n = len(seq.token_ids)
+        return n - 1, n
+
+
+@dataclass(slots=True)
+class Sample:
+    """One sampled token for the sequence `parent_seq_id`. Several samples with the same parent
+    fork it (beam search); a running sequence that gets none is dropped (a losing beam)."""
+
+    parent_seq_id: int
+    token_id: int
+    logprob: float = 0.0
+
+
+@dataclass
+class ExecutorResult:
+    outputs: list[list[Sample]]  # one list per group in SchedulerOutput.scheduled_groups
+    duration_s: float  # wall time on a real executor, predicted time on a simulated one
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One iteration, for the per-step metrics of docs/metrics.md. Every call of `Engine.step` makes
+    one, also a step that only preempted or rejected (`executed` False: no executor call, no time)."""
+
+    start_time: float
+    duration_s: float
+    executed: bool  # the executor ran (a forward pass, or block operations alone)
+    is_prefill: bool
+    num_groups: int  # batched requests (Figure 13)
+    num_seqs: int
+    num_tokens: int
+    num_preempted: int
+    num_rejected: int
+    num_blocks_swapped_out: int
+    num_blocks_swapped_in: int
+    num_blocks_copied: int
+    finished: list[SequenceGroup]  # groups that finished in this step, rejected ones included
+    memory: MemoryUsage | None = None
