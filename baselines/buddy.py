@@ -64,12 +64,6 @@ class BuddyAllocator:
             order += 1
         self.free_lists[order].add(address)
 
-    def largest_free_order(self) -> int:
-        for k in range(self.max_order, -1, -1):
-            if self.free_lists[k]:
-                return k
-        return -1
-
     def free_chunks(self) -> list[tuple[int, int]]:
         """(address, order) of every free chunk."""
         return [(a, k) for k, addrs in enumerate(self.free_lists) for a in addrs]

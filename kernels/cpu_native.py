@@ -30,6 +30,7 @@ DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _lib = None
 build_error: str | None = None
+NO_COMPILER = "no C compiler (gcc or cc) on PATH"
 
 
 def _build() -> ctypes.CDLL | None:
@@ -39,7 +40,7 @@ def _build() -> ctypes.CDLL | None:
         return None
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        build_error = "no C compiler (gcc or cc) on PATH"
+        build_error = NO_COMPILER
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     path = CACHE / f"paged_decode_{key}.so"

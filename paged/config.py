@@ -91,3 +91,7 @@ class SchedulerConfig:
             self.preemption_mode in PREEMPTION_MODES,
             f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}",
         )
+        _require(
+            self.batching in BATCHING,
+            f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}",
+        )

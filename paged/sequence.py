@@ -23,10 +23,6 @@ class SequenceStatus(enum.Enum):
     FINISHED_ABORTED = "finished_aborted"  # a beam that lost to better ones
     FINISHED_REJECTED = "finished_rejected"  # could never run: see SequenceGroup.reject_reason
 
-    @property
-    def is_finished(self) -> bool:
-        return self in FINISHED
-
 
 FINISHED = frozenset(s for s in SequenceStatus if s.value.startswith("finished"))
 _RUNNING, _WAITING, _SWAPPED = SequenceStatus.RUNNING, SequenceStatus.WAITING, SequenceStatus.SWAPPED
@@ -172,9 +168,6 @@ class SequenceGroup:
             return self.seqs
         return [s for s in self.seqs if s.status is status]
 
-    def get_unfinished_seqs(self) -> list[Sequence]:
-        return [s for s in self.seqs if s.status not in FINISHED]
-
     @property
     def max_num_running_seqs(self) -> int:
         """Sequences this group runs per step: what it charges against max_num_seqs."""
@@ -184,10 +177,6 @@ class SequenceGroup:
             if st is _RUNNING or st is _WAITING or st is _SWAPPED:
                 n += 1
         return n
-
-    @property
-    def is_finished(self) -> bool:
-        return all(s.status in FINISHED for s in self.seqs)
 
     @property
     def max_seq_len(self) -> int:

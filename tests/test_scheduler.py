@@ -223,3 +223,8 @@ def test_step_counts_sequences_and_tokens_of_the_batch():
     assert out.is_prefill and out.num_seqs == 1 and out.num_batched_tokens == 6  # b alone
     out, _ = step(sched)
     assert not out.is_prefill and out.num_seqs == 3 and out.num_batched_tokens == 3
+
+
+def test_unknown_batching_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match="batching must be one of iteration, request, got 'iter'"):
+        SchedulerConfig(batching="iter")
