@@ -228,3 +228,25 @@ def test_step_counts_sequences_and_tokens_of_the_batch():
 def test_unknown_batching_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match="batching must be one of iteration, request, got 'iter'"):
         SchedulerConfig(batching="iter")
+
+
+def test_every_step_is_recorded_and_preemptions_add_up_to_the_scheduler_counter():
+    """Engine.step records also the steps that ran nothing (a rejection alone), so the records'
+    preemptions equal the scheduler's own counter and each schedule() has its record."""
+    sched, manager = make_scheduler(num_gpu_blocks=12, block_size=4, preemption_mode="recompute")
+    calls = []
+    schedule = sched.schedule
+    sched.schedule = lambda now: calls.append(now) or schedule(now)
+    groups = [make_group("too-long", range(300), arrival=0.0)]  # > max_model_len: rejected alone
+    groups += [make_group(i, range(8), max_tokens=24, arrival=0.5 + 0.01 * i) for i in range(4)]
+    engine = Engine(sched, NullExecutor(step_time_s=0.01))
+    finished = engine.run(groups)
+    assert len(finished) == 5 and groups[0].reject_reason is not None
+    assert len(engine.steps) == len(calls)
+    first = engine.steps[0]
+    assert not first.executed and first.num_rejected == 1 and first.duration_s == 0.0
+    assert first.finished == [groups[0]]
+    assert sched.num_preemptions > 0
+    assert sum(r.num_preempted for r in engine.steps) == sched.num_preemptions
+    assert engine.num_executed == sum(r.executed for r in engine.steps)
+    assert manager.gpu.num_free == 12
