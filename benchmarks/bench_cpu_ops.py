@@ -20,15 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-
-def median_ms(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+from harness.calib.timing import median_ms
 
 
 def main() -> None:
@@ -51,15 +43,15 @@ def main() -> None:
     def decode(table, k=k, v=v):
         return lambda: cpu_native.paged_decode_attention(q, k, v, table, lens, d**-0.5)
 
-    t_scattered, t_hot = median_ms(decode(scattered)), median_ms(decode(hot))
+    t_scattered, t_hot = median_ms(decode(scattered), 20), median_ms(decode(hot), 20)
     gbps_scattered, gbps_hot = kv_bytes / t_scattered / 1e6, kv_bytes / t_hot / 1e6
     print(f"decode 64 x 512, random blocks from DRAM: {t_scattered:.2f} ms ({gbps_scattered:.1f} GB/s)")
     print(f"decode 64 x 512, same blocks, cache-hot:  {t_hot:.2f} ms ({gbps_hot:.1f} GB/s)")
 
     for n in (300, 1000):
         x = torch.randn(3, heads, n, d).to(dt)
-        three = median_ms(lambda x=x: F.scaled_dot_product_attention(x[0], x[1], x[2], is_causal=True))
-        four = median_ms(lambda x=x: F.scaled_dot_product_attention(x[:1], x[1:2], x[2:], is_causal=True))
+        three = median_ms(lambda x=x: F.scaled_dot_product_attention(x[0], x[1], x[2], is_causal=True), 20)
+        four = median_ms(lambda x=x: F.scaled_dot_product_attention(x[:1], x[1:2], x[2:], is_causal=True), 20)
         print(f"prompt attention {n} tokens: 3-D (math path) {three:.2f} ms, 4-D (flash) {four:.2f} ms")
 
     lin = torch.nn.Linear(768, 3072).to(dt)

@@ -18,32 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-
-def timer(device: str, fn, reps: int) -> float:
-    """Median seconds of fn()."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from harness.calib.timing import median_s
+from harness.results import atomic_write
 
 
 def copy_gbps(device: str, dtype, reps: int) -> float:
@@ -51,7 +32,7 @@ def copy_gbps(device: str, dtype, reps: int) -> float:
     n = (512 if device == "cuda" else 128) * 2**20 // dtype.itemsize
     src = torch.empty(n, dtype=dtype, device=device).normal_()
     dst = torch.empty_like(src)
-    t = timer(device, lambda: dst.copy_(src), reps)
+    t = median_s(lambda: dst.copy_(src), reps, device=device)
     return 2 * src.numel() * dtype.itemsize / t / 1e9
 
 
@@ -101,20 +82,22 @@ def main() -> None:
             kv_bytes = 2 * batch * ctx * heads * head_dim * dtype.itemsize
             contig_block = 1 << (ctx - 1).bit_length()
             kc, vc, tc = paged_setup(batch, ctx, contig_block, heads, head_dim, dtype, device)
-            t_contig = timer(device, partial(decode, q, kc, vc, tc, lens, scale), args.reps)
+            t_contig = median_s(partial(decode, q, kc, vc, tc, lens, scale), args.reps, device=device)
             t_sdpa = None
             if device == "cuda":
                 ks = torch.randn(batch, heads, ctx, head_dim, dtype=dtype, device=device)
                 vs = torch.randn_like(ks)
                 qs = q.unsqueeze(2)
-                t_sdpa = timer(device, partial(F.scaled_dot_product_attention, qs, ks, vs), args.reps)
+                t_sdpa = median_s(
+                    partial(F.scaled_dot_product_attention, qs, ks, vs), args.reps, device=device
+                )
                 del ks, vs
             del kc, vc
             for bs in block_sizes:
                 if bs > contig_block:
                     continue
                 k, v, table = paged_setup(batch, ctx, bs, heads, head_dim, dtype, device)
-                t = timer(device, partial(decode, q, k, v, table, lens, scale), args.reps)
+                t = median_s(partial(decode, q, k, v, table, lens, scale), args.reps, device=device)
                 gbps = kv_bytes / t / 1e9
                 row = {
                     "batch": batch, "context": ctx, "block_size": bs, "paged_us": t * 1e6,
@@ -139,9 +122,7 @@ def main() -> None:
         }
         if device == "cuda":
             meta["card"] = torch.cuda.get_device_name()
-        tmp = Path(args.output + ".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        tmp.rename(args.output)
+        atomic_write(args.output, json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

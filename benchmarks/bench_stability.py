@@ -2,10 +2,10 @@
 
     python benchmarks/bench_stability.py --duration 180 --output results/bench/stability.json
 
-The sim-vs-real comparison (harness/sim_vs_real.py) measures operators at one time and real runs at
+The sim-vs-real comparison (harness/calib/sim_vs_real.py) measures operators at one time and real runs at
 another; on a shared machine the same work does not take the same time twice, and that spread is
 the floor under any simulator's error here. This takes the profiler's speed probe
-(harness.profile_cpu.speed_probe: the runner's forward for a small decode batch, here 4 sequences,
+(harness.calib.profile.speed_probe: the runner's forward for a small decode batch, here 4 sequences,
 OPT-125m shapes, bf16, memory-bound like most decode steps; the median of 11 runs) every
 `--interval` seconds, and reports the spread of those medians.
 """
@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--output", help="write the samples and their summary as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from harness.profile_cpu import speed_probe
+    from harness.calib.profile import speed_probe
+    from harness.results import atomic_write
     from paged.model_loader import load_hf_model
     from paged.model_runner import ModelRunner
 
@@ -55,9 +56,7 @@ def main() -> None:
         path = Path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {k: getattr(args, k) for k in ("model", "batch", "duration", "interval", "threads")}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "summary": summary, "samples": samples}, indent=1))
-        tmp.replace(path)
+        atomic_write(path, json.dumps({"meta": meta, "summary": summary, "samples": samples}, indent=1))
 
 
 if __name__ == "__main__":

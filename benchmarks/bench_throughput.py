@@ -153,9 +153,9 @@ def worker_main(args) -> None:
 
 # ---------------------------------------------------------------------- the comparison
 def write_json(path: str, data: dict) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    from harness.results import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 def summarize(backend: str, requests: list[dict], result: dict) -> dict:

@@ -1,5 +1,8 @@
 """python -m harness [exp=NAME] [key=value ...]: run an experiment (docs/harness.md).
 
+The presets are harness/conf/*/*.yaml (models: paged/presets/model/*.yaml), packaged with the code, so
+this works from any directory and from an installed wheel.
+
 Examples:
     python -m harness                                  # the default: exp=sharegpt_opt13b, simulated
     python -m harness exp=smoke
@@ -19,7 +22,7 @@ from harness.config import Config, register
 register()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from omegaconf.errors import OmegaConfBaseException
 

@@ -1,20 +1,27 @@
 """The harness's typed configuration: the schema Hydra checks every preset and override against.
 
 Dataclasses with help text are the schema (registered in Hydra's ConfigStore by `register()`); the YAML
-files in conf/ are presets. An unknown key or a wrongly typed value fails in Hydra with its own error
-message before anything runs. Only this module and harness/__main__.py import Hydra.
+files in harness/conf/ (and the model group's in paged/presets/model/) are presets. The `system` group's
+schema is `harness.server.ServerConfig`, the same dataclass the simulator and the real backend take. An
+unknown key or a wrongly typed value fails in Hydra with its own error message before anything runs, a
+value out of range when the dataclasses check themselves (OmegaConf.to_object). Only this module and
+harness/__main__.py import Hydra.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
-from harness.presets import GPUSpec, ModelSpec
+from baselines import SYSTEMS
+from harness.server import ServerConfig
+from harness.sim.hardware import GPUSpec
+from paged.presets import ModelSpec
 
-ALL_SYSTEMS = ["vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # Hydra's presets, packaged with the harness
 # Parameters a sweep may vary besides system and request rate, and where each lives.
 SWEEPABLE = {
     "block_size": "system.block_size",
@@ -40,26 +47,12 @@ class WorkloadConf:
 
 
 @dataclass
-class SystemConf:
-    """Serving-engine settings shared by every system (conf/system/*.yaml)."""
-
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.95
-    runtime_reserve_gib: float = 1.5
-    swap_space_gib: float = 4.0
-    max_num_batched_tokens: int = 2560
-    max_num_seqs: int = 256
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    preemption_mode: str = "auto"  # auto | recompute | swap
-    watermark: float = 0.01
-    enable_prefix_caching: bool = False
-    ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
-
-
-@dataclass
 class BackendConf:
-    name: str = "sim"  # sim: the cost model; real: the model runner (random weights of the model preset)
-    kv_cache_gib: float = 0.25  # real: KV cache memory on this machine
+    """Which executor runs the steps (harness/conf/backend/*.yaml)."""
+
+    # sim: the cost model; real: the model runner (random weights of the model preset) on this
+    # machine, its KV memory system.kv_cache_gib (default harness.server.REAL_KV_CACHE_GIB)
+    name: str = "sim"
 
 
 @dataclass
@@ -67,13 +60,13 @@ class Config:
     """One experiment: a grid of points (system x request rate x sweep values), each a full run."""
 
     name: str = "default"  # results go to <results_dir>/<name>/<timestamp>/
-    model: ModelSpec = MISSING  # conf/model/*.yaml: the same dataclass the simulator uses
-    hardware: GPUSpec = MISSING  # conf/hardware/*.yaml
+    model: ModelSpec = MISSING  # paged/presets/model/*.yaml: the same dataclass the simulator uses
+    hardware: GPUSpec = MISSING  # harness/conf/hardware/*.yaml
     workload: WorkloadConf = field(default_factory=WorkloadConf)
-    system: SystemConf = field(default_factory=SystemConf)
+    system: ServerConfig = field(default_factory=ServerConfig)  # harness/conf/system/*.yaml
     backend: BackendConf = field(default_factory=BackendConf)
     tensor_parallel_size: int = 1
-    systems: list[str] = field(default_factory=lambda: list(ALL_SYSTEMS))
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     request_rates: list[float] = field(default_factory=lambda: [1.0, 2.0])
     duration_s: float = 3600.0  # trace length
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE

@@ -24,7 +24,7 @@ from harness.results import (
     request_rows,
     write_csv,
 )
-from harness.simulate import SimConfig, simulate
+from harness.simulate import SimConfig, build, simulate
 from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
 
 
@@ -80,10 +80,12 @@ def validate(cfg: Config) -> None:
             raise ExperimentError(f"cannot sweep {key!r}: sweepable parameters are {', '.join(SWEEPABLE)}")
         if not values:
             raise ExperimentError(f"sweep.{key} lists no values")
-    block_sizes = cfg.sweep.get("block_size", [cfg.system.block_size])
-    for bs in block_sizes:
-        if not isinstance(bs, int) or bs < 1:
-            raise ExperimentError(f"block_size must be a positive number of tokens, got {bs!r}; try 16")
+    for values in itertools.product(*cfg.sweep.values()):
+        try:  # every point's server settings pass ServerConfig's own checks
+            _apply(cfg, zip(cfg.sweep, values))
+        except ValueError as e:
+            raise ExperimentError(f"sweep {dict(zip(cfg.sweep, values))}: {e}") from None
+    for bs in cfg.sweep.get("block_size", [cfg.system.block_size]):
         if bs & (bs - 1) and any(s != "vllm" for s in cfg.systems):
             raise ExperimentError(
                 f"block_size {bs} is not a power of two, which the contiguous baselines need"
@@ -106,7 +108,7 @@ def _apply(cfg: Config, params) -> Config:
     system, workload = cfg.system, cfg.workload
     for key, value in params:
         if key == "block_size":
-            system = replace(system, block_size=int(value))
+            system = replace(system, block_size=value)
         elif key == "preemption_mode":
             system = replace(system, preemption_mode=str(value))
         elif key in ("n", "beam_width"):
@@ -142,28 +144,17 @@ def make_workload(cfg: Config, rate: float) -> Workload:
 
 
 def sim_config(cfg: Config, system: str) -> SimConfig:
-    s = cfg.system
+    """One point's run: the experiment's server settings (its `system` node) for one system."""
     return SimConfig(
         system=system,
         model=cfg.model,
         hardware=cfg.hardware,
         tensor_parallel_size=cfg.tensor_parallel_size,
-        block_size=s.block_size,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        runtime_reserve_gib=s.runtime_reserve_gib,
-        swap_space_gib=s.swap_space_gib,
-        max_num_batched_tokens=s.max_num_batched_tokens,
-        max_num_seqs=s.max_num_seqs,
-        max_model_len=s.max_model_len,
-        preemption_mode=s.preemption_mode,
-        watermark=s.watermark,
-        enable_prefix_caching=s.enable_prefix_caching,
-        ft_batch_size=s.ft_batch_size,
+        server=cfg.system,
+        backend=cfg.backend.name,
         track_memory=True,
         memory_every=cfg.memory_every,
         seed=cfg.workload.seed,
-        backend=cfg.backend.name,
-        real_kv_cache_gib=cfg.backend.kv_cache_gib,
     )
 
 
@@ -263,8 +254,6 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
 
 
 def _probe(cfg: Config, point: Point) -> None:
-    from harness.simulate import build
-
     build(sim_config(_apply(cfg, point.params), point.system))
     make_workload(_apply(cfg, point.params), point.rate)
 

@@ -1,8 +1,10 @@
-"""Run a workload through the engine with the simulated executor: the paper's experiments on a CPU.
+"""Run a workload through one server: the engine with the simulated executor (the paper's experiments
+on a CPU) or, with backend="real", with the model runner.
 
-    from harness.simulate import SimConfig, simulate
+    from harness.simulate import ServerConfig, SimConfig, simulate
     from harness.workload import synthetic
     result = simulate(synthetic("sharegpt", rate=2.0, duration_s=3600), SimConfig())
+    result = simulate(workload, SimConfig(system="orca_max", server=ServerConfig(block_size=32)))
     print(result.metrics["normalized_latency"])
 
 Everything but the executor is the engine's own code: the same Scheduler, the same BlockManager.
@@ -11,47 +13,53 @@ Everything but the executor is the engine's own code: the same Scheduler, the sa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from baselines.registry import build_system
-from harness.cost_model import CostModel
-from harness.kv_capacity import KVCapacity, kv_capacity
+from baselines.registry import SYSTEMS, build_system
 from harness.metrics import summarize
-from harness.presets import GPUSpec, ModelSpec, load_hardware, load_model
-from harness.sim_executor import SimulatedExecutor
-from harness.workload import Workload
+from harness.server import REAL_KV_CACHE_GIB, ServerConfig
+from harness.sim.cost_model import CostModel
+from harness.sim.executor import SimulatedExecutor
+from harness.sim.hardware import GPUSpec, load_hardware
+from harness.sim.kv_capacity import KVCapacity, kv_capacity
+from harness.workload import BUILTIN, Workload, synthetic
 from paged import CacheConfig, Engine, Scheduler, SchedulerConfig, SequenceGroup
+from paged.config import PREEMPTION_MODES
+from paged.presets import GIB, ModelSpec, load_model
+
+BACKENDS = ("sim", "real")
+
+__all__ = ["BACKENDS", "ServerConfig", "SimConfig", "SimResult", "build", "simulate"]
 
 
 @dataclass
 class SimConfig:
-    """One simulated server. Defaults: the paper's OPT-13B server with vLLM's settings of the time."""
+    """One run: which system serves which model on which hardware, with which server settings.
+    Defaults: the paper's OPT-13B server on one A100-40GB with vLLM's settings of the time."""
 
     system: str = "vllm"  # vllm | orca_max | orca_pow2 | orca_oracle | fastertransformer
     model: str | ModelSpec = "opt-13b"  # a preset name, a YAML path, or a ModelSpec
     hardware: str | GPUSpec = "a100-40gb"
     tensor_parallel_size: int = 1
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.95
-    runtime_reserve_gib: float = 1.5
-    swap_space_gib: float = 4.0  # host swap space per GPU (vLLM v0's default)
-    max_num_batched_tokens: int = 2560
-    max_num_seqs: int = 256
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    preemption_mode: str = "auto"
-    watermark: float = 0.01
-    enable_prefix_caching: bool = False
+    server: ServerConfig = field(default_factory=ServerConfig)
     backend: str = "sim"  # sim: the cost model's clock; real: the model runner, wall-clock step times
-    real_kv_cache_gib: float = 0.25  # real backend: KV cache memory (the GPU presets' capacity is for GPUs)
-    kv_cache_gib: float | None = None  # both backends: this much KV memory instead of the preset's capacity
     real_dtype: str = "auto"  # real backend: float32 | float16 | bfloat16; auto: fp16 on CUDA, fp32 on CPU
     track_memory: bool = True  # Figure 2 accounting after every step
     memory_every: int = 1  # ... or after every k-th step (an unbiased sample, k times cheaper)
-    ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     seed: int = 0
     # sim backend: every predicted step time multiplied by this (what-if slower or faster hardware;
-    # harness/sim_vs_real.py: the machine's measured drift since its profile)
+    # harness/calib/sim_vs_real.py: the machine's measured drift since its profile)
     time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(SYSTEMS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
+        if self.memory_every < 1 or not self.time_scale > 0:
+            raise ValueError("memory_every must be at least 1 and time_scale positive")
 
 
 @dataclass
@@ -64,67 +72,52 @@ class SimResult:
 
 
 def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
-    """The engine for one server: the chosen system's memory policy on the one scheduler, and the
-    simulated executor (or, with backend="real", the model runner)."""
+    """The engine for one server: the chosen system's memory policy on the one scheduler, and an
+    executor, the only thing the backends change: the simulated executor on the cost model's clock
+    (sim), or the model runner on this machine (real). The cost model is returned for both (the real
+    backend's steps can be priced with it: harness/calib/sim_vs_real.py)."""
     model: ModelSpec = load_model(cfg.model)
     gpu: GPUSpec = load_hardware(cfg.hardware)
-    tp = cfg.tensor_parallel_size
-    cap = kv_capacity(
-        model,
-        gpu,
-        tp=tp,
-        block_size=cfg.block_size,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        max_num_seqs=cfg.max_num_seqs,
-        runtime_reserve_gib=cfg.runtime_reserve_gib,
-        swap_space_gib=cfg.swap_space_gib,
-    )
-    max_model_len = cfg.max_model_len or model.max_position_embeddings
-    sched_cfg = SchedulerConfig(
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        max_num_seqs=cfg.max_num_seqs,
-        max_model_len=max_model_len,
-        preemption_mode=cfg.preemption_mode,
-    )
-    cost = CostModel(model, gpu, tp, cfg.block_size)
+    tp, s = cfg.tensor_parallel_size, cfg.server
+    cap = kv_capacity(model, gpu, s, tp)
+    cost = CostModel(model, gpu, tp, s.block_size)
     if cfg.backend == "real":
-        runner, cap = _real_runner(cfg, model, cap)
-    elif cfg.kv_cache_gib is not None:
-        block_bytes = cfg.block_size * model.kv_bytes_per_token(tp=tp)
-        blocks = max(1, int(cfg.kv_cache_gib * 1024**3) // block_bytes)
-        cap = replace(cap, num_gpu_blocks=blocks, kv_bytes=blocks * block_bytes)
-    cache_cfg = CacheConfig(
-        num_gpu_blocks=cap.num_gpu_blocks,
-        block_size=cfg.block_size,
-        num_cpu_blocks=cap.num_cpu_blocks,
-        watermark=cfg.watermark,
-        enable_prefix_caching=cfg.enable_prefix_caching,
-    )
-    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, cfg.ft_batch_size)
-    if cfg.backend == "real":
-        from paged.real_executor import RealExecutor
-
-        executor = RealExecutor(runner, seed=cfg.seed)
+        executor, cap = _real_executor(cfg, model, cap)
     else:
         executor = SimulatedExecutor(cost, seed=cfg.seed, time_scale=cfg.time_scale)
+    cache_cfg = CacheConfig(
+        num_gpu_blocks=cap.num_gpu_blocks,
+        block_size=s.block_size,
+        num_cpu_blocks=cap.num_cpu_blocks,
+        watermark=s.watermark,
+        enable_prefix_caching=s.enable_prefix_caching,
+    )
+    sched_cfg = SchedulerConfig(
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        max_num_seqs=s.max_num_seqs,
+        max_model_len=s.max_model_len or model.max_position_embeddings,
+        preemption_mode=s.preemption_mode,
+    )
+    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, s.ft_batch_size)
     engine = Engine(
         Scheduler(sched_cfg, memory), executor, track_memory=cfg.track_memory, memory_every=cfg.memory_every
     )
     return engine, cap, cost
 
 
-def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
-    """A model runner with random weights of the preset's shapes on this machine's device, and the KV
-    capacity it has (`real_kv_cache_gib`: the GPU presets' capacity is for the paper's GPUs)."""
+def _real_executor(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
+    """The real executor over a model runner with random weights of the preset's shapes on this
+    machine's device, and the KV capacity it has (`server.kv_cache_gib`, default REAL_KV_CACHE_GIB:
+    the GPU presets' capacity is for the paper's GPUs)."""
     import torch
 
     from paged.model_loader import DTYPES, load_hf_model
     from paged.model_runner import ModelRunner
+    from paged.real_executor import RealExecutor
 
     if cfg.tensor_parallel_size != 1:
         raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
-
+    s = cfg.server
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.real_dtype == "auto":
         dtype = torch.float32 if device == "cpu" else torch.float16
@@ -133,14 +126,15 @@ def _real_runner(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     else:
         raise ValueError(f"real_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg.real_dtype!r}")
     hf, _ = load_hf_model(model.name, dtype, device, cfg.seed)
-    block_bytes = cfg.block_size * model.kv_bytes_per_token(dtype.itemsize)
-    gib = cfg.kv_cache_gib if cfg.kv_cache_gib is not None else cfg.real_kv_cache_gib
-    num_blocks = max(1, int(gib * 1024**3) // block_bytes)
+    block_bytes = s.block_size * model.kv_bytes_per_token(dtype.itemsize)
+    gib = s.kv_cache_gib if s.kv_cache_gib is not None else REAL_KV_CACHE_GIB
+    num_blocks = max(1, int(gib * GIB) // block_bytes)
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
-    num_cpu = int(cfg.swap_space_gib * 1024**3) // block_bytes if device == "cuda" else num_blocks
-    runner = ModelRunner(hf, num_blocks, cfg.block_size, num_cpu)
+    num_cpu = int(s.swap_space_gib * GIB) // block_bytes if device == "cuda" else num_blocks
+    runner = ModelRunner(hf, num_blocks, s.block_size, num_cpu)
     runner.warmup()  # kernels built before the first measured step
-    return runner, replace(
+    executor = RealExecutor(runner, seed=cfg.seed)
+    return executor, replace(
         cap, num_gpu_blocks=num_blocks, num_cpu_blocks=num_cpu, kv_bytes=num_blocks * block_bytes
     )
 
@@ -173,8 +167,6 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
 
 def add_run_arguments(ap, rate: float = 2.0) -> None:
     """The server and trace options shared by this CLI and the benchmarks."""
-    from harness.workload import BUILTIN
-
     ap.add_argument("--model", default="opt-13b")
     ap.add_argument("--hardware", default="a100-40gb")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
@@ -188,16 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     """python -m harness.simulate: one simulated run, its metrics printed as a table."""
     import argparse
 
-    from baselines.registry import SYSTEMS
-    from harness.workload import synthetic
-
     ap = argparse.ArgumentParser(description="Simulate one serving run (the paper's servers on a CPU).")
     ap.add_argument("--system", default="vllm", choices=SYSTEMS)
     add_run_arguments(ap)
     ap.add_argument("--n", type=int, default=1, help="parallel samples (or beam width with --beam)")
     ap.add_argument("--beam", action="store_true")
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--preemption-mode", default="auto", choices=("auto", "recompute", "swap"))
+    ap.add_argument("--preemption-mode", default="auto", choices=PREEMPTION_MODES)
     args = ap.parse_args(argv)
     workload = synthetic(
         args.dataset, args.rate, args.duration, args.seed, n=args.n, use_beam_search=args.beam
@@ -207,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model,
         hardware=args.hardware,
         tensor_parallel_size=args.tp,
-        block_size=args.block_size,
-        preemption_mode=args.preemption_mode,
+        server=ServerConfig(block_size=args.block_size, preemption_mode=args.preemption_mode),
         seed=args.seed,
     )
     result = simulate(workload, cfg, progress=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.results import atomic_open
 from paged import SamplingParams, SequenceGroup, SharedPrefix
 
 TABLES_FILE = Path(__file__).parent / "data" / "length_tables.json"
@@ -53,13 +54,10 @@ class Workload:
 
     def save(self, path: str | Path) -> None:
         """JSON lines: a header line with the metadata, then one request per line (atomic write)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_open(path) as f:
             f.write(json.dumps({"meta": self.meta}) + "\n")
             for r in self.requests:
                 f.write(json.dumps(asdict(r)) + "\n")
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Workload:

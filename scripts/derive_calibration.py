@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ PAGED_OVERHEAD_AT_16 = 0.23  # paper section 7.1: 20-26% slower than FasterTrans
 
 
 def roofline_ms(n, k, m, bw_gbps, tflops):
-    memory = (k * m + n * k + n * m) * 2 / (bw_gbps * 1e9) * 1e3
-    compute = 2.0 * n * k * m / (tflops * 1e12) * 1e3
-    return np.maximum(memory, compute)
+    """The cost model's fp16 GEMM roofline (harness.sim.cost_model.roofline_ms) at each token count."""
+    from harness.sim.cost_model import roofline_ms as roofline
+
+    return np.array([roofline(int(x), k, m, 2, bw_gbps * 1e6, tflops * 1e9) for x in n])
 
 
 def gemm_and_norm(csv: Path, bw: float, tflops: float) -> tuple[dict, dict]:
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "harness/data/calibration.json"))
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # the cost model without an install
     data = Path(args.data)
     cal: dict = {"command": "python scripts/derive_calibration.py --data ../shared/data"}
     for key, (folder, bw, tflops) in GPUS.items():
@@ -125,11 +128,10 @@ def main() -> None:
 
     # Overheads: what the operator model leaves unexplained of vLLM's measured step latency, per TP
     # degree (DistServe profiled OPT-13B at TP 1, 2 and 4; larger degrees use TP 4's).
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from harness.cost_model import CostModel
-    from harness.presets import load_hardware, load_model
+    from harness.results import atomic_write
+    from harness.sim.cost_model import CostModel
+    from harness.sim.hardware import load_hardware
+    from paged.presets import load_model
 
     opt13, a100_80 = load_model("opt-13b"), load_hardware("a100-80gb")
     fits = json.loads((data / "distserve/profiler-a100-80g.vllm.json").read_text())
@@ -224,7 +226,7 @@ def main() -> None:
         }
         for k, case, m, r in rows
     ]
-    Path(args.out).write_text(json.dumps(cal, indent=1) + "\n")
+    atomic_write(args.out, json.dumps(cal, indent=1) + "\n")
     print(f"wrote {args.out}")
     print(json.dumps({k: cal[k] for k in ("attention", "overheads")}, indent=1))
     for v in cal["validation"]:

@@ -13,11 +13,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness.capacity import capacity
-from harness.config import Config, register
+from harness.config import CONF_DIR, Config, register
 from harness.experiment import ExperimentError, points, run_experiment, validate
 from harness.results import POINT_COLUMNS
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONF_DIR)
+REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "exp").glob("*.yaml"))
 register()
 
@@ -69,7 +70,8 @@ def test_default_is_sharegpt_opt13b_in_the_simulator():
 def test_smoke_writes_the_results_contract(tmp_path):
     cfg, text = load("exp=smoke", f"results_dir={tmp_path}", "workers=1")
     run = run_experiment(cfg, text, progress=False)
-    assert run.parent / "latest" and (run.parent / "latest").resolve() == run
+    assert run.parent == tmp_path / "smoke" and (run.parent / "latest").resolve() == run
+    assert (run / "config.yaml").read_text() == text  # the exact configuration, for resume
     for name in (
         "config.yaml",
         "env.json",
@@ -119,6 +121,40 @@ def test_an_interrupted_run_resumes_and_skips_finished_points(tmp_path, monkeypa
     assert third != run  # a finished run is not reopened
 
 
+def test_a_multi_worker_run_resumes_and_runs_only_the_missing_points(tmp_path, monkeypatch):
+    """workers=2: points run in worker processes and are written by the parent as they finish; an
+    interruption keeps the finished rows, and the re-run computes only the points not in points.csv."""
+    import harness.experiment as experiment
+    from harness.results import read_csv
+
+    cfg, text = load("exp=smoke", f"results_dir={tmp_path}", "workers=2", "plots=false")
+    real_write = experiment.write_csv
+    written: list[str] = []  # requests/<slug>.csv of every point the parent finished
+    interrupt = [True]
+
+    def write_csv(path, rows, columns):
+        if interrupt[0] and path.name == "points.csv" and len(rows) == 3:
+            raise KeyboardInterrupt  # interrupted while recording the third finished point
+        if path.parent.name == "requests":
+            written.append(path.stem)
+        real_write(path, rows, columns)
+
+    monkeypatch.setattr(experiment, "write_csv", write_csv)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, text, progress=False)
+    run = (tmp_path / "smoke" / "latest").resolve()
+    done = {(r["system"], r["request_rate"]) for r in read_csv(run / "points.csv")}
+    assert len(done) == 2 and not (run / "DONE").exists()
+    missing = {p.slug for p in points(cfg) if p.key not in done}
+    written.clear()
+    interrupt[0] = False
+    again = run_experiment(cfg, text, progress=False)
+    assert again == run and sorted(written) == sorted(missing) and len(missing) == 2
+    rows = read_csv(run / "points.csv")
+    assert len(rows) == 4 and {(r["system"], r["request_rate"]) for r in rows} >= done
+    assert (run / "DONE").exists()
+
+
 def test_capacity_interpolates_the_crossing():
     assert capacity([1, 2, 3], [0.1, 0.3, 0.9], 0.5) == pytest.approx(2 + (0.5 - 0.3) / (0.9 - 0.3))
     assert capacity([1, 2], [0.1, 0.2], 0.5) == 2  # never crosses: the highest rate measured
@@ -129,8 +165,13 @@ def test_impossible_settings_name_the_fix():
     cfg, _ = load("exp=smoke", "systems=[vllm,orca_turbo]")
     with pytest.raises(ExperimentError, match="choose from"):
         validate(cfg)
-    cfg, _ = load("exp=smoke", "system.block_size=0")
+    with pytest.raises(ValueError, match="positive number of tokens"):  # ServerConfig checks itself
+        load("exp=smoke", "system.block_size=0")
+    cfg, _ = load("exp=block_size_sweep", "sweep.block_size=[16,0]")
     with pytest.raises(ExperimentError, match="positive number of tokens"):
+        validate(cfg)
+    cfg, _ = load("exp=block_size_sweep", "sweep.block_size=[16,24]", "systems=[vllm,orca_max]")
+    with pytest.raises(ExperimentError, match="power of two"):
         validate(cfg)
     cfg, _ = load("exp=smoke", "request_rates=[0.5,-1]")
     with pytest.raises(ExperimentError, match="positive req/s"):
@@ -144,18 +185,21 @@ def run_cli(*args, cwd):
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
-    repo = Path(CONF).parent
-    unknown = run_cli("exp=smoke", "no_such_key=1", cwd=repo)
+    cwd = tmp_path / "elsewhere"  # not the repository: the presets ship inside the package
+    cwd.mkdir()
+    unknown = run_cli("exp=smoke", "no_such_key=1", cwd=cwd)
     assert unknown.returncode != 0 and "no_such_key" in unknown.stderr
-    bad_value = run_cli("exp=smoke", "model=opt_14b", cwd=repo)
+    bad_value = run_cli("exp=smoke", "model=opt_14b", cwd=cwd)
     assert bad_value.returncode != 0 and "opt_14b" in bad_value.stderr
-    too_big = run_cli("exp=smoke", "model=opt_66b", f"results_dir={tmp_path}", cwd=repo)
+    too_big = run_cli("exp=smoke", "model=opt_66b", f"results_dir={tmp_path}", cwd=cwd)
     assert too_big.returncode == 2 and "error:" in too_big.stderr and "tensor parallelism" in too_big.stderr
     assert "Traceback" not in too_big.stderr
+    out_of_range = run_cli("exp=smoke", "system.watermark=2", cwd=cwd)
+    assert out_of_range.returncode == 2 and "watermark" in out_of_range.stderr
+    assert list(cwd.iterdir()) == []  # no Hydra log or output folder where the command ran
 
 
 def test_multirun_in_parallel_with_joblib(tmp_path):
-    repo = Path(CONF).parent
     r = run_cli(
         "-m",
         "exp=smoke",
@@ -164,11 +208,12 @@ def test_multirun_in_parallel_with_joblib(tmp_path):
         "plots=false",
         f"results_dir={tmp_path}",
         "hydra/launcher=joblib",
-        cwd=repo,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     runs = [p for p in (tmp_path / "smoke").iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(runs) == 2 and all((p / "DONE").exists() for p in runs)
+    assert not list(tmp_path.rglob("*.log"))  # Hydra writes no log file (harness/conf/config.yaml)
 
 
 def test_sweeps_write_the_figure_14_and_15_plots(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.kv_capacity import kv_capacity
-from harness.presets import load_hardware, load_model
+from harness.server import ServerConfig
+from harness.sim.hardware import load_hardware
+from harness.sim.kv_capacity import kv_capacity
+from paged.presets import load_model
 
 
 @pytest.mark.parametrize(
@@ -43,13 +45,40 @@ def test_parameter_counts_match_the_model_names():
 
 def test_capacity_arithmetic_and_block_size():
     m, g = load_model("opt-13b"), load_hardware("a100-40gb")
-    c16 = kv_capacity(m, g, block_size=16)
+    c16 = kv_capacity(m, g, ServerConfig(block_size=16))
     assert c16.kv_bytes == c16.budget_bytes - c16.weight_bytes - c16.activation_bytes - c16.reserve_bytes
     assert c16.num_gpu_blocks == c16.kv_bytes // c16.block_bytes
-    c32 = kv_capacity(m, g, block_size=32)
+    c32 = kv_capacity(m, g, ServerConfig(block_size=32))
     assert c32.num_gpu_blocks == c16.kv_bytes // (2 * c16.block_bytes)
     assert c16.num_cpu_blocks == 4 * 1024**3 // (16 * 800 * 1024)  # 4 GiB of swap space
-    assert kv_capacity(m, g, gpu_memory_utilization=0.9).num_slots < c16.num_slots
+    assert kv_capacity(m, g, ServerConfig(gpu_memory_utilization=0.9)).num_slots < c16.num_slots
+    assert kv_capacity(m, g) == c16  # the defaults: the paper's server
+
+
+def test_a_fixed_kv_cache_size_replaces_the_computed_one():
+    m, g = load_model("opt-13b"), load_hardware("a100-40gb")
+    cap = kv_capacity(m, g, ServerConfig(kv_cache_gib=1.0))
+    assert (
+        cap.num_gpu_blocks == 1024**3 // cap.block_bytes
+        and cap.kv_bytes == cap.num_gpu_blocks * cap.block_bytes
+    )
+    with pytest.raises(ValueError, match="tensor parallelism"):  # the model must still fit
+        kv_capacity(load_model("opt-66b"), g, ServerConfig(kv_cache_gib=1.0))
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("block_size", 0, "positive number of tokens"),
+        ("gpu_memory_utilization", 1.5, "in \\(0, 1\\]"),
+        ("preemption_mode", "swapp", "preemption_mode must be one of"),
+        ("kv_cache_gib", 0.0, "kv_cache_gib must be positive"),
+        ("watermark", 1.0, "watermark"),
+    ],
+)
+def test_server_config_checks_itself(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        ServerConfig(**{field: value})
 
 
 def test_a_model_that_does_not_fit_names_the_fix():

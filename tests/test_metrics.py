@@ -53,9 +53,16 @@ def test_step_metrics_by_hand():
             physical_blocks=physical,
         )
 
+    def step(start, duration, is_prefill, groups, seqs, tokens, preempted, swapped_out, copied, memory):
+        return StepRecord(
+            start, duration, executed=True, is_prefill=is_prefill, num_groups=groups, num_seqs=seqs,
+            num_tokens=tokens, num_preempted=preempted, num_rejected=0, num_blocks_swapped_out=swapped_out,
+            num_blocks_swapped_in=0, num_blocks_copied=copied, finished=[], memory=memory,
+        )  # fmt: skip
+
     steps = [
-        StepRecord(0.0, 1.0, True, 2, 2, 50, 0, 0, 0, 0, usage(60, 30, 10, 5)),
-        StepRecord(1.0, 3.0, False, 4, 5, 5, 1, 7, 0, 1, usage(80, 20, 0, 0)),
+        step(0.0, 1.0, True, 2, 2, 50, 0, 0, 0, usage(60, 30, 10, 5)),
+        step(1.0, 3.0, False, 4, 5, 5, 1, 7, 1, usage(80, 20, 0, 0)),
     ]
     m = step_metrics(steps)
     assert m["avg_batched_requests"] == 3.0

@@ -1,5 +1,5 @@
 """A measured hardware preset plugs into the cost model, and the sim-vs-real comparison prices every
-real step with the cost model (harness/profile_cpu.py, harness/sim_vs_real.py)."""
+real step with the cost model (harness/calib/profile.py, harness/calib/sim_vs_real.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ import pytest
 import torch
 import yaml
 
-from harness.cost_model import CALIBRATION_FILE, CostModel
-from harness.presets import load_hardware, load_model
-from harness.profile_cpu import timed_forward
-from harness.sim_vs_real import ShadowExecutor, compare, step_gaps, write_report
-from harness.simulate import SimConfig, build
+from harness.calib.sim_vs_real import ShadowExecutor, compare, step_gaps, write_report
+from harness.calib.timing import timed_forward
+from harness.sim.cost_model import CALIBRATION_FILE, CostModel
+from harness.sim.executor import SimulatedExecutor
+from harness.sim.hardware import HARDWARE_DIR, load_hardware
+from harness.simulate import ServerConfig, SimConfig, build
 from harness.workload import synthetic
 from paged.model_runner import ModelRunner, StepInputs
+from paged.presets import load_model
 
 
 def test_a_preset_with_its_own_calibration_file(tmp_path):
     cal = json.loads(CALIBRATION_FILE.read_text())
     cal["overheads"]["by_tp"]["1"]["step_ms"] += 100.0  # a machine with a slow engine loop
     (tmp_path / "mine.calibration.json").write_text(json.dumps(cal))
-    hw = yaml.safe_load(open("conf/hardware/a100_40gb.yaml"))
+    hw = yaml.safe_load((HARDWARE_DIR / "a100_40gb.yaml").read_text())
     hw["calibration_file"] = "mine.calibration.json"  # relative to the YAML
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(hw))
     model = load_model("opt-13b")
@@ -34,8 +36,8 @@ def test_a_preset_with_its_own_calibration_file(tmp_path):
 
 def test_sim_vs_real_prices_every_real_step(tmp_path):
     cfg = SimConfig(
-        model="opt-125m", hardware="a100-40gb", kv_cache_gib=0.05, real_dtype="bfloat16", max_model_len=512,
-        track_memory=False,
+        model="opt-125m", hardware="a100-40gb", server=ServerConfig(kv_cache_gib=0.05, max_model_len=512),
+        real_dtype="bfloat16", track_memory=False,
     )  # fmt: skip
     row = compare(cfg, "alpaca", rate=2.0, duration=3.0, seed=0, real_runs=2, components=True)
     assert row["num_requests"] > 0
@@ -92,7 +94,7 @@ def test_optional_per_size_tables_of_a_measured_calibration():
 
 def test_timed_forward_parts_are_measured_in_place():
     """The profiler's in-place timing: linears, attention and the LM head each measured, within the
-    forward's total, and the runner left as it was (no hooks, its own ops)."""
+    forward's total, and the runner left as it was (no module hooks, no timer)."""
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
@@ -101,7 +103,6 @@ def test_timed_forward_parts_are_measured_in_place():
         max_position_embeddings=128, word_embed_proj_dim=64,
     )  # fmt: skip
     runner = ModelRunner(OPTForCausalLM(cfg).eval(), 16, 4, 0)
-    ops = runner.ops
     n = 3
     inputs = StepInputs(
         input_ids=torch.arange(n), positions=torch.zeros(n, dtype=torch.long),
@@ -112,14 +113,14 @@ def test_timed_forward_parts_are_measured_in_place():
     parts = timed_forward(runner, inputs, reps=3)
     assert all(parts[k] > 0 for k in ("total", "linear", "attention", "lm_head"))
     assert parts["linear"] + parts["attention"] + parts["lm_head"] < parts["total"]
-    assert runner.ops is ops and "_lm_head" not in vars(runner) and "forward" not in vars(runner)
+    assert runner.timer is None and "forward" not in vars(runner)  # the hook, no monkeypatching
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in runner.model.modules())
 
 
 def test_time_scale_multiplies_every_simulated_step():
-    from harness.sim_executor import SimulatedExecutor
-
-    cfg = SimConfig(model="opt-125m", kv_cache_gib=0.05, max_model_len=512, track_memory=False)
+    cfg = SimConfig(
+        model="opt-125m", server=ServerConfig(kv_cache_gib=0.05, max_model_len=512), track_memory=False
+    )
     engine, _, cost = build(cfg)
     out = None
     for g in synthetic("alpaca", 2.0, 3.0, 0).to_sequence_groups(seed=0):
@@ -133,7 +134,7 @@ def test_time_scale_multiplies_every_simulated_step():
 def test_a_rerun_skips_the_rates_already_done(tmp_path, monkeypatch, capsys):
     """Rows are written after every rate; a re-run with the same settings and calibration keeps them
     and runs only the missing rates; changed settings start afresh."""
-    import harness.sim_vs_real as svr
+    import harness.calib.sim_vs_real as svr
 
     ran = []
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from harness.kv_capacity import KVCapacity
 from harness.metrics import KV_CLASSES
-from harness.simulate import SimConfig, build, simulate
+from harness.sim.kv_capacity import KVCapacity
+from harness.simulate import ServerConfig, SimConfig, build, simulate
 from harness.workload import shared_prefix, synthetic
 from paged import BlockManager, Scheduler
 
@@ -44,7 +44,9 @@ def test_parallel_samples_and_beams_share_memory(beam):
 
 def test_swap_mode_swaps_under_pressure():
     w = synthetic("alpaca", 30.0, 40, seed=0, n=4)
-    m = simulate(w, SimConfig(preemption_mode="swap", gpu_memory_utilization=0.7)).metrics
+    m = simulate(
+        w, SimConfig(server=ServerConfig(preemption_mode="swap", gpu_memory_utilization=0.7))
+    ).metrics
     assert m["num_preemptions"] > 0 and m["num_swapped_blocks"] > 0
     assert m["num_completed"] == len(w)
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.presets import GIB, GPUSpec, ModelSpec
+from harness.server import ServerConfig
+from harness.sim.hardware import GPUSpec
+from paged.presets import GIB, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -58,29 +60,22 @@ def activation_peak_bytes(model: ModelSpec, tp: int, max_num_batched_tokens: int
 
 
 def kv_capacity(
-    model: ModelSpec,
-    gpu: GPUSpec,
-    tp: int = 1,
-    block_size: int = 16,
-    gpu_memory_utilization: float = 0.95,
-    max_num_batched_tokens: int = 2560,
-    max_num_seqs: int = 256,
-    runtime_reserve_gib: float = 1.5,
-    swap_space_gib: float = 4.0,
+    model: ModelSpec, gpu: GPUSpec, server: ServerConfig | None = None, tp: int = 1
 ) -> KVCapacity:
-    """KV blocks per GPU (device pool) and per GPU's share of host swap space (host pool)."""
+    """KV blocks per GPU (device pool) and per GPU's share of host swap space (host pool), for the
+    server's memory settings; with `server.kv_cache_gib` set, the device pool is that much memory
+    instead (the model must still fit the GPU)."""
+    s = server or ServerConfig()
     if tp < 1 or model.num_attention_heads % tp or model.num_key_value_heads % tp:
         raise ValueError(
             f"tensor-parallel degree {tp} must divide {model.name}'s {model.num_attention_heads} heads"
         )
-    if not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-    budget = int(gpu_memory_utilization * gpu.memory_bytes)
+    budget = int(s.gpu_memory_utilization * gpu.memory_bytes)
     weights = model.weight_bytes // tp
-    activations = activation_peak_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
-    reserve = int(runtime_reserve_gib * GIB)
+    activations = activation_peak_bytes(model, tp, s.max_num_batched_tokens, s.max_num_seqs)
+    reserve = int(s.runtime_reserve_gib * GIB)
     kv = budget - weights - activations - reserve
-    block_bytes = block_size * model.kv_bytes_per_token(tp=tp)
+    block_bytes = s.block_size * model.kv_bytes_per_token(tp=tp)
     if kv < block_bytes:
         raise ValueError(
             f"{model.name} does not fit on {tp} x {gpu.name}: weights take {weights / GIB:.1f} GiB per GPU "
@@ -88,6 +83,10 @@ def kv_capacity(
             f"{max(kv, 0) / GIB:.2f} GiB for the KV cache; use more GPUs (tensor parallelism) or a "
             "larger GPU"
         )
+    num_gpu_blocks = kv // block_bytes
+    if s.kv_cache_gib is not None:
+        num_gpu_blocks = max(1, int(s.kv_cache_gib * GIB) // block_bytes)
+        kv = num_gpu_blocks * block_bytes
     return KVCapacity(
         budget_bytes=budget,
         weight_bytes=weights,
@@ -95,7 +94,7 @@ def kv_capacity(
         reserve_bytes=reserve,
         kv_bytes=kv,
         block_bytes=block_bytes,
-        num_gpu_blocks=kv // block_bytes,
-        num_cpu_blocks=int(swap_space_gib * GIB) // block_bytes,
-        block_size=block_size,
+        num_gpu_blocks=num_gpu_blocks,
+        num_cpu_blocks=int(s.swap_space_gib * GIB) // block_bytes,
+        block_size=s.block_size,
     )

@@ -1,7 +1,7 @@
 """The simulator checked against real execution on this machine.
 
-    python -m harness.profile_cpu --model opt-125m --out results/bench/cpu_local     # the hardware preset
-    python -m harness.sim_vs_real --hardware results/bench/cpu_local.yaml --rates 0.5 1 2 --duration 60
+    python -m harness.calib.profile --model opt-125m --out results/bench/cpu_local   # the hardware preset
+    python -m harness.calib.sim_vs_real --hardware results/bench/cpu_local.yaml --rates 0.5 1 2 --duration 60
 
 The same seeded workload runs through `backend=real` (the model runner, wall-clock steps) and
 `backend=sim` (the cost model with the measured preset), same system, block size, KV memory and
@@ -29,12 +29,17 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from harness.cost_model import CALIBRATION_FILE, load_calibration
+from harness.calib.profile import speed_probe
+from harness.calib.timing import ForwardTimer
 from harness.metrics import summarize
-from harness.profile_cpu import ForwardTimer, speed_probe
-from harness.sim_executor import SimulatedExecutor, decode_shape, prefill_shape
+from harness.results import atomic_write
+from harness.server import ServerConfig
+from harness.sim.cost_model import CALIBRATION_FILE, load_calibration
+from harness.sim.executor import SimulatedExecutor, decode_shape, prefill_shape
+from harness.sim.hardware import load_hardware
 from harness.simulate import SimConfig, build, simulate
 from harness.workload import synthetic
+from paged.presets import load_model
 
 
 class ShadowExecutor:
@@ -168,7 +173,7 @@ def compare(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--hardware", required=True, help="the preset harness.profile_cpu wrote (YAML path)")
+    ap.add_argument("--hardware", required=True, help="the preset harness.calib.profile wrote (YAML path)")
     ap.add_argument("--model", default="opt-125m")
     ap.add_argument("--system", default="vllm")
     ap.add_argument("--dataset", default="sharegpt")
@@ -184,8 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", default="results/bench/sim_vs_real")
     args = ap.parse_args(argv)
-    from harness.presets import load_hardware, load_model
-
     try:
         hardware = load_hardware(args.hardware)
         load_model(args.model)
@@ -197,9 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         system=args.system,
         model=args.model,
         hardware=args.hardware,
-        kv_cache_gib=args.kv_cache_gib,
+        server=ServerConfig(kv_cache_gib=args.kv_cache_gib, max_model_len=2048),
         real_dtype="bfloat16",
-        max_model_len=2048,
         track_memory=False,
         seed=args.seed,
     )
@@ -305,13 +307,8 @@ def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
                 cells = [f"{r['rate']:g}", kind, str(c["steps"])]
                 cells += [f"{c[p]['measured_ms']:.2f} / {c[p]['predicted_ms']:.2f}" for p in parts]
                 lines.append("| " + " | ".join(cells + [f"{m:.2f} / {q:.2f}"]) + " |")
-    for path, text in (
-        (out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1)),
-        (out.with_suffix(".md"), "\n".join(lines) + "\n"),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1))
+    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

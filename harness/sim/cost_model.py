@@ -28,14 +28,23 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from harness.presets import GPUSpec, ModelSpec
+from harness.sim.hardware import GPUSpec
+from paged.presets import ModelSpec
 
-CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.json"
+CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "calibration.json"
 
 
 @lru_cache(maxsize=8)
 def load_calibration(path: str = str(CALIBRATION_FILE)) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def roofline_ms(n: int, k: int, m: int, dtype_bytes: int, bytes_per_ms: float, flops_per_ms: float) -> float:
+    """One [n, k] x [k, m] GEMM at a device's peak: max(bytes moved / bandwidth, FLOPs / peak), the
+    yardstick every measured efficiency is relative to (here, in harness/calib/profile.py and in
+    scripts/derive_calibration.py)."""
+    memory = (k * m + n * k + n * m) * dtype_bytes / bytes_per_ms
+    return max(memory, 2.0 * n * k * m / flops_per_ms)
 
 
 def _interp(xs: list[float], ys: list[float], x: float) -> float:
@@ -114,7 +123,7 @@ class CostModel:
         self.paged_block_overhead = cal["paged_kernel"]["block_overhead"]
         self.decode_bw_eff = att["decode_bandwidth_efficiency_contiguous"]
         self.prefill_flops_eff = att["prefill_flops_efficiency"]
-        # Optional per-size tables a machine's own profile may give (harness/profile_cpu.py): prefill
+        # Optional per-size tables a machine's own profile may give (harness/calib/profile.py): prefill
         # attention efficiency by prompt length (small prompts run far below a long one's rate), and
         # the LM head's own GEMM efficiency by rows (its [hidden, vocab] weight is not a layer's shape).
         by_len = att.get("prefill_flops_efficiency_by_tokens")
@@ -156,9 +165,8 @@ class CostModel:
 
     # ------------------------------------------------------------------ operators
     def roofline_ms(self, n: int, k: int, m: int) -> float:
-        """One [n, k] x [k, m] GEMM at the device's peak: max(bytes moved / bandwidth, FLOPs / peak)."""
-        memory = (k * m + n * k + n * m) * self.model.dtype_bytes / self._bytes_per_ms
-        return max(memory, 2.0 * n * k * m / self._flops_per_ms)
+        """One [n, k] x [k, m] GEMM of this model's dtype at this device's peak (`roofline_ms`)."""
+        return roofline_ms(n, k, m, self.model.dtype_bytes, self._bytes_per_ms, self._flops_per_ms)
 
     def gemm_ms(self, n: int, k: int, m: int) -> float:
         """One [n, k] x [k, m] fp16 GEMM at the measured efficiency for n tokens."""

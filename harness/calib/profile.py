@@ -1,20 +1,20 @@
 """Measure this machine's operator costs and write a hardware preset for the simulator.
 
-    python -m harness.profile_cpu --model opt-125m --out results/bench/cpu_local
-    python -m harness.sim_vs_real --hardware results/bench/cpu_local.yaml     # then check it
+    python -m harness.calib.profile --model opt-125m --out results/bench/cpu_local
+    python -m harness.calib.sim_vs_real --hardware results/bench/cpu_local.yaml     # then check it
 
-The simulator's cost model (harness/cost_model.py) predicts a step from operators; on the paper's GPUs
+The simulator's cost model (harness/sim/cost_model.py) predicts a step from operators; on the paper's GPUs
 their costs come from public profiles (Vidur, DistServe). Here the same quantities are measured on
 this CPU, for one model's shapes, in bf16, with the engine's own kernels, Vidur's way (profile each
 operator at many sizes, interpolate): nothing is fitted to end-to-end latencies, which is what the
 preset is checked against.
 
 - memory bandwidth: a 256 MiB copy (bytes read + written per second); peak: a large bf16 GEMM;
-- the forward pass itself, its parts timed where they run (module hooks on every linear, wrappers
-  on the runner's attention calls and LM head), at N one-token sequences for N = 1 ... 2048: GEMM
-  and LM-head efficiency (roofline time over measured time) and the rest of a layer (norms,
-  activation, residuals, KV writes, Python) as the forward's total less those parts, all from the
-  same runs, so the cost model gives back each measured forward exactly;
+- the forward pass itself, its parts timed where they run (timing.ForwardTimer: module hooks on every
+  linear, the runner's timing hook around attention and the LM head), at N one-token sequences for
+  N = 1 ... 2048: GEMM and LM-head efficiency (roofline time over measured time) and the rest of a
+  layer (norms, activation, residuals, KV writes, Python) as the forward's total less those parts,
+  all from the same runs, so the cost model gives back each measured forward exactly;
 - decode attention: the kernel's time per context token in the same forward (64 sequences at 512
   tokens less the same at 16), as bandwidth over the copy's; its block-size overhead from the
   kernel alone at block 16 vs 256, in the cost model's form (1 + overhead / block_size);
@@ -34,32 +34,22 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
+from harness.calib.timing import ForwardTimer, median_ms, median_s, timed_forward
+from harness.results import atomic_write
+from harness.sim.cost_model import roofline_ms
 from paged.model_runner import StepInputs
+from paged.presets import load_model
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
 
-def timeit(fn, reps: int = 7) -> float:
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict]:
     """(hardware preset fields, calibration JSON) for this machine and model."""
-    from harness.presets import load_model
     from kernels import cpu_native
     from paged.model_loader import load_hf_model
     from paged.model_runner import ModelRunner
@@ -70,9 +60,9 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
 
     n = 128 * 2**20  # 256 MiB, 8x the last-level cache of the machines we run on
     src, dst = torch.randn(n).to(dt), torch.empty(n, dtype=dt)
-    copy_gbps = 2 * n * 2 / timeit(lambda: dst.copy_(src), reps) / 1e9
+    copy_gbps = 2 * n * 2 / median_s(lambda: dst.copy_(src), reps) / 1e9
     a, w = torch.randn(2048, h).to(dt), torch.randn(4 * h, h).to(dt)
-    peak_tflops = 2 * 2048 * h * 4 * h / timeit(lambda: F.linear(a, w), reps) / 1e12
+    peak_tflops = 2 * 2048 * h * 4 * h / median_s(lambda: F.linear(a, w), reps) / 1e12
 
     shapes = [
         (h, spec.qkv_width),
@@ -82,8 +72,8 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     ]
     bytes_per_ms, flops_per_ms = copy_gbps * 1e9 / 1e3, peak_tflops * 1e12 / 1e3
 
-    def roofline_ms(t: int, k: int, m: int) -> float:
-        return max((k * m + t * k + t * m) * 2 / bytes_per_ms, 2 * t * k * m / flops_per_ms)
+    def roof(t: int, k: int, m: int) -> float:  # bf16
+        return roofline_ms(t, k, m, 2, bytes_per_ms, flops_per_ms)
 
     if not cpu_native.available():
         raise RuntimeError(f"the native CPU kernel did not build: {cpu_native.build_error}")
@@ -149,8 +139,8 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     gemm_eff, head_eff, norm_ms = [], [], []
     for t in TOKENS:
         linear, head = part("decode", t, "linear"), part("decode", t, "lm_head")
-        gemm_eff.append(L * sum(roofline_ms(t, k, m) for k, m in shapes) / linear)
-        head_eff.append(roofline_ms(t, h, spec.vocab_size) / head)
+        gemm_eff.append(L * sum(roof(t, k, m) for k, m in shapes) / linear)
+        head_eff.append(roof(t, h, spec.vocab_size) / head)
         norm_ms.append(
             statistics.median((s["total"] - s["linear"] - s["lm_head"]) / L for s in samples["decode", t])
         )
@@ -169,8 +159,8 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
 
     # Swap: the runner's block moves (one indexed copy for all layers), blocks of one token.
     swapper = ModelRunner(hf, 64, 1, 64)
-    t1 = timeit(lambda: swapper.swap([(0, 0)], to_host=True), reps)
-    t64 = timeit(lambda: swapper.swap([(i, i) for i in range(64)], to_host=True), reps)
+    t1 = median_s(lambda: swapper.swap([(0, 0)], to_host=True), reps)
+    t64 = median_s(lambda: swapper.swap([(i, i) for i in range(64)], to_host=True), reps)
     block_bytes_layer = spec.head_dim * spec.num_key_value_heads * 2  # block size 1, K or V, one layer
     per_block_s = (t64 - t1) / 63
     swap_gbps = 2 * L * block_bytes_layer / max(per_block_s, 1e-12) / 1e9
@@ -185,9 +175,9 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
         "pcie_gbps": round(swap_gbps, 2),
         "calibration": "cpu",
     }
-    source = f"harness/profile_cpu.py --model {model_name}, {torch.get_num_threads()} threads, bf16"
+    source = f"harness/calib/profile.py --model {model_name}, {torch.get_num_threads()} threads, bf16"
     calibration = {
-        "command": f"python -m harness.profile_cpu --model {model_name} --reps {reps} --rounds {rounds}",
+        "command": f"python -m harness.calib.profile --model {model_name} --reps {reps} --rounds {rounds}",
         "cpu": {
             "gemm": {"tokens": TOKENS, "efficiency": {"1": gemm_eff}},
             "lm_head": {"tokens": TOKENS, "efficiency": head_eff},
@@ -207,7 +197,7 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
         "probe": {
             "ms": statistics.median(probes),
             "rounds_ms": probes,
-            "what": "harness.profile_cpu.speed_probe",
+            "what": "harness.calib.profile.speed_probe",
         },
     }
     return hardware, calibration
@@ -227,77 +217,7 @@ def speed_probe(runner, reps: int = 11, n: int = PROBE_SEQS) -> float:
         slot_mapping=torch.arange(n) * bs, block_tables=torch.arange(n, dtype=torch.int32)[:, None],
         is_prefill=False, context_lens=torch.ones(n, dtype=torch.int32), logit_rows=torch.arange(n),
     )  # fmt: skip
-    runner.forward(inputs)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        runner.forward(inputs)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
-class ForwardTimer:
-    """Times a model runner's forward passes by part, where they run: every nn.Linear of the layers
-    (module hooks), attention (the runner's kernel calls) and the LM head (its method), plus the
-    whole forward. Milliseconds accumulate in `parts` until `reset()`; leaving the `with` block
-    removes every hook and wrapper."""
-
-    PARTS = ("forward", "linear", "attention", "lm_head")
-
-    def __init__(self, runner) -> None:
-        self.runner = runner
-        self.parts = dict.fromkeys(self.PARTS, 0.0)
-        self._starts: dict[int, float] = {}
-
-    def reset(self) -> None:
-        self.parts = dict.fromkeys(self.PARTS, 0.0)
-
-    def _timed(self, name, fn):
-        def wrapped(*args, **kwargs):
-            t = time.perf_counter()
-            r = fn(*args, **kwargs)
-            self.parts[name] += (time.perf_counter() - t) * 1e3
-            return r
-
-        return wrapped
-
-    def _pre(self, module, args):
-        self._starts[id(module)] = time.perf_counter()
-
-    def _post(self, module, args, out):
-        self.parts["linear"] += (time.perf_counter() - self._starts[id(module)]) * 1e3
-
-    def __enter__(self) -> ForwardTimer:
-        r = self.runner
-        linears = [m for layer in r.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-        self._handles = [m.register_forward_pre_hook(self._pre) for m in linears]
-        self._handles += [m.register_forward_hook(self._post) for m in linears]
-        self._ops = r.ops
-        r.ops = SimpleNamespace(**{k: getattr(self._ops, k) for k in self._ops.__all__})
-        for name in ("prefill_attention", "paged_decode_attention"):
-            setattr(r.ops, name, self._timed("attention", getattr(self._ops, name)))
-        r._lm_head = self._timed("lm_head", r._lm_head)
-        r.forward = self._timed("forward", r.forward)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self.runner.ops = self._ops
-        del self.runner._lm_head, self.runner.forward  # the methods again
-
-
-def timed_forward(runner, inputs, reps: int) -> dict[str, float]:
-    """runner.forward(inputs) timed by part (ForwardTimer), in ms, with "total" the whole forward:
-    the median of `reps` runs by total, after a warm-up run."""
-    runs = []
-    with ForwardTimer(runner) as timer:
-        for i in range(reps + 1):
-            timer.reset()
-            runner.forward(inputs)
-            if i:
-                runs.append({"total": timer.parts["forward"], **timer.parts})
-    return sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+    return median_ms(lambda: runner.forward(inputs), reps)
 
 
 def _block_overhead(spec, dt, reps: int) -> float:
@@ -314,7 +234,7 @@ def _block_overhead(spec, dt, reps: int) -> float:
         kc = torch.randn(batch * nb, bs, hkv, d).to(dt)
         vc = torch.randn_like(kc)
         table = torch.randperm(batch * nb).view(batch, nb).int()
-        return timeit(lambda: cpu_native.paged_decode_attention(q, kc, vc, table, lens, d**-0.5), reps)
+        return median_s(lambda: cpu_native.paged_decode_attention(q, kc, vc, table, lens, d**-0.5), reps)
 
     return max(0.0, (attn_s(16) / attn_s(256) - 1) * 16)
 
@@ -341,21 +261,16 @@ def _overheads(hf, reps: int) -> dict:
         if decode:
             sched.postprocess(out, ex.execute(out).outputs, 0.0)
             out = sched.schedule(0.0)
-        forward = runner.forward
-        spent = []
+        forward_ms = []  # every call's forward pass, from the runner's timing hook
+        with ForwardTimer(runner, linears=False) as timer:
 
-        def timed(inputs):
-            t = time.perf_counter()
-            r = forward(inputs)
-            spent.append(time.perf_counter() - t)
-            return r
+            def step() -> None:
+                timer.reset()
+                ex.execute(out)
+                forward_ms.append(timer.parts["forward"])
 
-        runner.forward = timed
-        try:
-            total = timeit(lambda: ex.execute(out), reps)
-        finally:
-            runner.forward = forward
-        return (total - statistics.median(spent)) * 1e3
+            total = median_ms(step, reps)
+        return total - statistics.median(forward_ms)
 
     d1 = step_outside_forward([[5] * 8], True)
     d64 = step_outside_forward([[5] * 8] * 64, True)
@@ -385,8 +300,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.reps < 1 or args.rounds < 1:
         raise SystemExit("error: --reps and --rounds must be at least 1")
-    from harness.presets import load_model
-
     try:
         load_model(args.model)
     except (FileNotFoundError, ValueError) as e:
@@ -401,13 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     cal_path = out.with_name(out.name + ".calibration.json")
     hardware["calibration_file"] = cal_path.name
-    for path, text in (
-        (cal_path, json.dumps(calibration, indent=1)),
-        (out.with_name(out.name + ".yaml"), f"# {calibration['cpu']['source']}\n" + yaml.safe_dump(hardware)),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write(cal_path, json.dumps(calibration, indent=1))
+    atomic_write(
+        out.with_name(out.name + ".yaml"), f"# {calibration['cpu']['source']}\n" + yaml.safe_dump(hardware)
+    )
     print(json.dumps(hardware, indent=1))
     print(f"wrote {out}.yaml and {cal_path}")
 

@@ -8,18 +8,20 @@ every request generates exactly its trace's output length; beams re-drawn at ran
 
 from __future__ import annotations
 
-from harness.cost_model import CostModel
+from harness.sim.cost_model import CostModel
 from paged import ExecutorResult, NullExecutor, SchedulerOutput, SequenceStatus
 
 _RUNNING = SequenceStatus.RUNNING
 
 
 class SimulatedExecutor(NullExecutor):
+    """NullExecutor's tokens on the cost model's clock: each step lasts what the cost model predicts
+    for its composition, times `time_scale`."""
+
     def __init__(self, cost_model: CostModel, seed: int = 0, time_scale: float = 1.0) -> None:
         super().__init__(step_time_s=0.0, seed=seed)
         self.cost_model = cost_model
         self.time_scale = time_scale  # every step's predicted time multiplied by this
-        self.busy_s = 0.0
 
     def step_ms(self, out: SchedulerOutput) -> float:
         cm = self.cost_model
@@ -37,7 +39,6 @@ class SimulatedExecutor(NullExecutor):
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         duration = self.step_ms(out) * self.time_scale / 1e3
-        self.busy_s += duration
         result = super().execute(out)
         result.duration_s = duration
         return result

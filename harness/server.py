@@ -1,0 +1,64 @@
+"""One serving engine's settings: the one configuration dataclass for engine and memory.
+
+`ServerConfig` is what vLLM calls its engine arguments: the KV-cache layout and memory plan (paper
+sections 4.2-4.5) and the scheduler's limits. The Hydra front door uses it as the `system` group's
+schema (harness/conf/system/*.yaml), the simulator and the real backend build their engine from it
+(harness/simulate.py), and KV sizing reads it (harness/sim/kv_capacity.py). It imports nothing from
+the rest of the harness, so every one of those can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paged.config import PREEMPTION_MODES
+
+# The real backend's KV memory when kv_cache_gib is unset: the hardware presets' capacity is for the
+# paper's GPUs, not for the machine the real model runs on.
+REAL_KV_CACHE_GIB = 0.25
+
+
+@dataclass
+class ServerConfig:
+    """Engine and memory settings shared by every system. Defaults: vLLM's settings at the time of
+    the paper (harness/conf/system/paper.yaml says where each comes from)."""
+
+    block_size: int = 16  # tokens per KV block (section 4.2)
+    gpu_memory_utilization: float = 0.95  # share of each GPU's memory for weights, activations, KV
+    runtime_reserve_gib: float = 1.5  # memory outside PyTorch's allocator (docs/simulator.md)
+    swap_space_gib: float = 4.0  # host swap space per GPU (vLLM v0's default; section 4.5)
+    max_num_batched_tokens: int = 2560  # tokens one step may compute
+    max_num_seqs: int = 256  # sequences one step may run
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    preemption_mode: str = "auto"  # auto | recompute | swap (section 4.5)
+    watermark: float = 0.01  # share of blocks kept free when admitting prompts
+    enable_prefix_caching: bool = False
+    ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
+    # KV cache memory per GPU instead of what kv_capacity computes from the hardware preset; None:
+    # computed (sim backend) or REAL_KV_CACHE_GIB (real backend).
+    kv_cache_gib: float | None = None
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value, hint: str = "") -> None:
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}{hint}")
+
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(
+                f"block_size must be a positive number of tokens, got {self.block_size!r}; try 16"
+            )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.runtime_reserve_gib < 0 or self.swap_space_gib < 0:
+            raise ValueError("runtime_reserve_gib and swap_space_gib must not be negative")
+        positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        positive("max_num_seqs", self.max_num_seqs)
+        positive("max_model_len", self.max_model_len, "; null: the model's max_position_embeddings")
+        positive("ft_batch_size", self.ft_batch_size, "; null: as many max-length requests as fit")
+        positive("kv_cache_gib", self.kv_cache_gib, "; null: computed from the hardware preset")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(
+                f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}"
+            )
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
