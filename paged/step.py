@@ -71,7 +71,9 @@ class ExecutorResult:
 @dataclass(slots=True)
 class StepRecord:
     """One iteration, for the per-step metrics of docs/metrics.md. Every call of `Engine.step` makes
-    one, also a step that only preempted or rejected (`executed` False: no executor call, no time)."""
+    one. `executed` is False when there was nothing for the executor to do (only rejections, or a lone
+    group preempted itself by recomputation): no executor call, no time. A step that only swapped out
+    still runs the executor for its block operations."""
 
     start_time: float
     duration_s: float
