@@ -5,36 +5,63 @@ from the sequence's length (every block but the last is full). Blocks are shared
 the n sequences of a request share the prompt's blocks, forked beams share their history, requests
 share an explicit prefix or automatically cached full blocks. A write into a block whose count is
 above one first copies it (copy-on-write, section 4.4).
+
+Structure:
+
+- `BlockManager` implements `paged.memory.KVCacheManager` in four parts: admission (`can_allocate`
+  decides a `Placement`, `allocate` carries it out), decoding (`can_append_slots`, `append_slot`,
+  `fork`, `free`), swapping (section 4.5) and Figure 2 accounting.
+- `Placement` says where each block of each admitted sequence comes from: an existing block it
+  shares (`int`) or the k-th block to allocate (`NewBlock(k)`).
+- The pools are `paged.block.BlockAllocator`s (free list + reference counts); the device pool carries
+  the automatic prefix cache (`paged.prefix_cache`).
+- Explicit shared prefixes are `paged.shared_prefix.SharedPrefixes`: what a group takes from its
+  prefix, what prefixes pin, what swap-in restores, what accounting counts, release.
+- The Figure 2 classification is `paged.accounting.paged_usage`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from paged.accounting import MemoryUsage, paged_usage
 from paged.block import BlockAllocator
 from paged.config import CacheConfig
-from paged.memory import AllocPlan, AllocStatus, MemoryUsage
+from paged.memory import AllocPlan, AllocStatus
 from paged.prefix_cache import ROOT_HASH, PrefixCache, chain_hash
 from paged.sequence import Sequence, SequenceGroup, SequenceStatus, SharedPrefix
+from paged.shared_prefix import SharedPrefixes
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@dataclass(frozen=True)
+class NewBlock:
+    """The `index`-th block `allocate` takes from the free list for the placement."""
+
+    index: int
+
+
+# A table entry of a placement: an existing device block (a sibling's, the shared prefix's or a prefix
+# cache hit), or a block to allocate. Equal entries within the group are one shared block.
+PlacedBlock = int | NewBlock
+
+
 @dataclass
-class _Placement:
-    """Where each block of each waiting sequence comes from, decided by `can_allocate`.
+class Placement:
+    """Where each block of each waiting sequence of a group comes from, decided by `can_allocate`."""
 
-    A table entry e >= 0 is an existing physical block (a cache hit or a shared-prefix block); e < 0
-    is the (~e)-th block to allocate. Equal entries within the group are one shared block.
-    """
-
-    tables: list[list[int]]
-    num_computed: list[int]
+    tables: list[list[PlacedBlock]]  # one per waiting sequence, in order
+    num_computed: list[int]  # tokens of each sequence found in shared blocks: its prefill skips them
     full_hashes: list[list[int]]  # chained hash of each full block of each sequence
     num_new_blocks: int
-    copies: list[tuple[int, int]]  # (source block, index of the new block it is copied into)
+    copies: list[tuple[int, NewBlock]]  # (existing block, new block it is copied into)
+
+    def existing_blocks(self) -> list[int]:
+        """Every entry that is an existing block, once per table entry."""
+        return [e for table in self.tables for e in table if not isinstance(e, NewBlock)]
 
 
 class BlockManager:
@@ -58,7 +85,12 @@ class BlockManager:
         self.swapped_seq_ids: set[int] = set()  # sequences whose table holds host blocks
         # Chained hashes of each sequence's full blocks, kept to extend the chain as it decodes.
         self.seq_block_hashes: dict[int, list[int]] = {}
-        self.prefixes: list[SharedPrefix] = []  # resident shared prefixes
+        self.shared_prefixes = SharedPrefixes(self.gpu, self.block_size)
+
+    @property
+    def prefixes(self) -> list[SharedPrefix]:
+        """The resident shared prefixes."""
+        return self.shared_prefixes.resident
 
     # ------------------------------------------------------------------ admission (prompt phase)
     def _lifetime_blocks(self, group: SequenceGroup) -> int:
@@ -73,22 +105,14 @@ class BlockManager:
         n = group.sampling_params.n
         return shared + n * (_cdiv(max_kv, self.block_size) - shared)
 
-    def _num_pinned_blocks(self, group: SequenceGroup) -> int:
-        """Device blocks shared prefixes hold that this group cannot use as its own: every block of
-        the other prefixes, and the partial last block of its own (which it copies)."""
-        pinned = 0
-        for prefix in self.prefixes:
-            if prefix is not group.prefix:
-                pinned += len(prefix.block_ids)
-            elif len(prefix) % self.block_size:
-                pinned += 1
-        return pinned
-
     def can_allocate(self, group: SequenceGroup) -> AllocPlan:
-        """OK, LATER (wait for memory, FCFS) or NEVER (reject), with the prompt phase's token cost."""
-        usable = self.num_gpu_blocks - self.watermark_blocks
-        pinned = self._num_pinned_blocks(group) if self.prefixes else 0
-        usable -= pinned
+        """OK, LATER (wait for memory, FCFS) or NEVER (reject), with the prompt phase's token cost.
+
+        An OK or LATER plan carries the group's `Placement` for `allocate`, or None when the group is
+        one sequence and nothing can be shared (every block new).
+        """
+        pinned = self.shared_prefixes.num_pinned_blocks(group)
+        usable = self.num_gpu_blocks - self.watermark_blocks - pinned
         lifetime = self._lifetime_blocks(group)
         if lifetime > usable:
             held = f" ({pinned} more are held by shared prefixes)" if pinned else ""
@@ -101,15 +125,16 @@ class BlockManager:
                     "give the KV cache more memory or lower max_tokens / n"
                 ),
             )
-        prefix = group.prefix
-        if prefix is not None and group.prompt_token_ids[: len(prefix)] != prefix.token_ids:
-            return AllocPlan(
-                AllocStatus.NEVER,
-                reason=f"prompt does not start with its shared prefix {prefix.prefix_id!r}",
-            )
+        reason = self.shared_prefixes.reject_reason(group)
+        if reason is not None:
+            return AllocPlan(AllocStatus.NEVER, reason=reason)
         seqs = group.get_seqs(SequenceStatus.WAITING)
-        if len(seqs) == 1 and prefix is None and self.prefix_cache is None:
-            # The common case, kept cheap: one sequence, every block new.
+        placement: Placement | None
+        if len(seqs) == 1 and group.prefix is None and self.prefix_cache is None:
+            # Nothing can be shared: skip `_place`, which hashes every block. The scheduler asks this
+            # of the waiting head every step, admitted or not; without this path
+            # benchmarks/bench_scheduler.py's steps take 3.0x as long at 8 running, 1.7x at 32,
+            # 1.3x at 128, 1.2x at 256.
             num_tokens = len(seqs[0].token_ids)
             needed = _cdiv(num_tokens, self.block_size)
             placement = None
@@ -117,16 +142,15 @@ class BlockManager:
             placement = self._place(group, seqs)
             num_tokens = sum(len(s.token_ids) - c for s, c in zip(seqs, placement.num_computed))
             needed = placement.num_new_blocks + self._num_parked_hits(placement)
-        if self.gpu.num_free - needed < self.watermark_blocks:
-            return AllocPlan(AllocStatus.LATER, num_new_tokens=num_tokens, detail=placement)
-        return AllocPlan(AllocStatus.OK, num_new_tokens=num_tokens, detail=placement)
+        status = AllocStatus.LATER if self.gpu.num_free - needed < self.watermark_blocks else AllocStatus.OK
+        return AllocPlan(status, num_new_tokens=num_tokens, detail=placement)
 
-    def _num_parked_hits(self, placement: _Placement) -> int:
+    def _num_parked_hits(self, placement: Placement) -> int:
         """Cache hits on blocks nobody references use up a free (evictable) block each."""
-        hits = {e for table in placement.tables for e in table if e >= 0}
-        return sum(1 for b in hits if self.gpu.ref_counts[b] == 0)
+        ref_counts = self.gpu.ref_counts
+        return sum(1 for b in set(placement.existing_blocks()) if ref_counts[b] == 0)
 
-    def _place(self, group: SequenceGroup, seqs: list[Sequence]) -> _Placement:
+    def _place(self, group: SequenceGroup, seqs: list[Sequence]) -> Placement:
         """Decide, block by block, what each waiting sequence shares and what it computes.
 
         A block is shared, in this order of preference: with a sibling of the same group holding the
@@ -137,16 +161,17 @@ class BlockManager:
         """
         bs = self.block_size
         cache = self.prefix_cache
-        prefix = group.prefix
-        prefix_blocks = prefix.block_ids if prefix is not None else None
-        prefix_len = len(prefix) if prefix is not None else 0
-        by_key: dict[int, int] = {}
-        tables, computed, all_hashes, copies = [], [], [], []
+        offer = self.shared_prefixes.offer(group)
+        by_key: dict[int, PlacedBlock] = {}  # chained hash of a block's tokens -> its entry
+        tables: list[list[PlacedBlock]] = []
+        computed: list[int] = []
+        all_hashes: list[list[int]] = []
+        copies: list[tuple[int, NewBlock]] = []
         num_new = 0
         for seq in seqs:
             tokens = seq.token_ids
             num_tokens = len(tokens)
-            table: list[int] = []
+            table: list[PlacedBlock] = []
             hashes: list[int] = []
             prev = ROOT_HASH
             num_computed = 0
@@ -166,18 +191,21 @@ class BlockManager:
                     if leading:
                         num_computed = end
                     continue
-                if leading and prefix_blocks is not None and i < len(prefix_blocks):
-                    if end <= prefix_len:
-                        if full and end < num_tokens:  # a full block of the prefix
-                            entry = prefix_blocks[i]
+                if leading and offer is not None:
+                    # The prompt starts with the prefix (can_allocate checked it), so logical blocks
+                    # below num_full are the prefix's full blocks and block num_full holds its tail.
+                    num_full = len(offer.full_blocks)
+                    if i < num_full:
+                        if end < num_tokens:
+                            entry = offer.full_blocks[i]
                             num_computed = end
-                    elif prefix.computed and start < prefix_len:
+                    elif i == num_full and offer.partial_block is not None and end > offer.length:
                         # The prefix's partial last block: copy it, then write our own tokens after
                         # the prefix's (copy-on-write, section 4.4).
-                        entry = ~num_new
-                        copies.append((prefix_blocks[i], num_new))
+                        entry = NewBlock(num_new)
+                        copies.append((offer.partial_block, entry))
                         num_new += 1
-                        num_computed = prefix_len
+                        num_computed = offer.length
                         leading = False
                 if entry is None and leading and cache is not None and full and end < num_tokens:
                     hit = cache.lookup(key, block_tokens)
@@ -185,7 +213,7 @@ class BlockManager:
                         entry = hit
                         num_computed = end
                 if entry is None:
-                    entry = ~num_new
+                    entry = NewBlock(num_new)
                     num_new += 1
                     leading = False
                 by_key[key] = entry
@@ -193,41 +221,44 @@ class BlockManager:
             tables.append(table)
             computed.append(num_computed)
             all_hashes.append(hashes)
-        return _Placement(tables, computed, all_hashes, num_new, copies)
+        return Placement(tables, computed, all_hashes, num_new, copies)
 
     def allocate(self, group: SequenceGroup, plan: AllocPlan) -> list[tuple[int, int]]:
         """Give the group's waiting sequences their blocks; returns block copies to perform."""
         seqs = group.get_seqs(SequenceStatus.WAITING)
-        placement: _Placement | None = plan.detail
+        placement: Placement | None = plan.detail
         if placement is None:
-            allocate = self.gpu.allocate
+            # One sequence that shares nothing (can_allocate): every block new, taken directly. Making
+            # its Placement and walking it costs about 20 us per admission, 3-5% of
+            # benchmarks/bench_scheduler.py's step at 32-256 running.
             seq = seqs[0]
-            self.block_tables[seq.seq_id] = [
-                allocate() for _ in range(_cdiv(len(seq.token_ids), self.block_size))
-            ]
+            allocate = self.gpu.allocate
+            num_blocks = _cdiv(len(seq.token_ids), self.block_size)
+            self.block_tables[seq.seq_id] = [allocate() for _ in range(num_blocks)]
             seq.num_computed_tokens = 0
             return []
         gpu = self.gpu
-        # Take the hits first, so allocating new blocks cannot evict a block we are about to use.
-        for table in placement.tables:
-            for e in table:
-                if e >= 0:
-                    gpu.take_cached(e)
+        # Take the existing blocks first, so allocating new blocks cannot evict a cached one we are
+        # about to use.
+        for b in placement.existing_blocks():
+            gpu.take_cached(b)
         new_ids = [gpu.allocate() for _ in range(placement.num_new_blocks)]
+        # allocate() gave each new block one reference, for its first table entry; every further
+        # entry (a sibling sharing it) adds one.
         referenced = [False] * placement.num_new_blocks
         for seq, table, num_computed, hashes in zip(
             seqs, placement.tables, placement.num_computed, placement.full_hashes
         ):
             block_table = []
-            for e in table:
-                if e >= 0:
-                    block_table.append(e)
+            for entry in table:
+                if not isinstance(entry, NewBlock):
+                    block_table.append(entry)
                     continue
-                k = ~e
-                if referenced[k]:
-                    gpu.incref(new_ids[k])
-                referenced[k] = True
-                block_table.append(new_ids[k])
+                block = new_ids[entry.index]
+                if referenced[entry.index]:
+                    gpu.incref(block)
+                referenced[entry.index] = True
+                block_table.append(block)
             self.block_tables[seq.seq_id] = block_table
             seq.num_computed_tokens = num_computed
             if self.prefix_cache is not None:
@@ -238,56 +269,42 @@ class BlockManager:
                 bs = self.block_size
                 for i, h in enumerate(hashes):
                     self.prefix_cache.insert(block_table[i], h, tuple(seq.token_ids[i * bs : (i + 1) * bs]))
-        prefix = group.prefix
-        if prefix is not None and prefix.block_ids is None:
-            # The first request with this prefix computes it; the prefix keeps its blocks from now on.
-            first = self.block_tables[seqs[0].seq_id]
-            prefix.block_ids = first[: _cdiv(len(prefix), self.block_size)]
-            for b in prefix.block_ids:
-                gpu.incref(b)
-            prefix.computed = False
-            self.prefixes.append(prefix)
-        return [(src, new_ids[k]) for src, k in placement.copies]
+        self.shared_prefixes.adopt(group, self.block_tables[seqs[0].seq_id])
+        return [(src, new_ids[dst.index]) for src, dst in placement.copies]
 
     def mark_computed(self, group: SequenceGroup) -> None:
-        if group.prefix is not None and group.prefix.block_ids is not None:
-            group.prefix.computed = True
+        self.shared_prefixes.mark_computed(group)
 
     def release_prefix(self, prefix: SharedPrefix) -> None:
         """Drop a shared prefix's own references; its blocks live on while requests use them."""
-        if prefix.block_ids is None:
-            return
-        for b in reversed(prefix.block_ids):
-            self.gpu.decref(b)
-        prefix.block_ids = None
-        prefix.computed = False
-        self.prefixes.remove(prefix)
+        self.shared_prefixes.release(prefix)
 
     # ------------------------------------------------------------------ decoding
-    def _num_slot_blocks(self, seqs: list[Sequence]) -> int:
-        """Blocks that appending one token to each sequence takes: a new block where the last one is
-        full, a copy where it is shared."""
-        bs = self.block_size
-        ref_counts = self.gpu.ref_counts
-        needed = 0
-        for seq in seqs:
-            table = self.block_tables[seq.seq_id]
-            if len(table) * bs < len(seq.token_ids) or ref_counts[table[-1]] > 1:
-                needed += 1
-        return needed
+    def _needs_block(self, seq: Sequence, ref_counts: list[int]) -> bool:
+        """Whether appending a token takes a block: a new one where the last is full, a copy where
+        it is shared (ref_counts: of the pool the table is in)."""
+        table = self.block_tables[seq.seq_id]
+        return len(table) * self.block_size < len(seq.token_ids) or ref_counts[table[-1]] > 1
 
     def can_append_slots(self, group: SequenceGroup) -> bool:
         # The exact count. vLLM v0.1 asked for one free block per running sequence whatever it
         # needed; that rule can starve a group that fits the cache exactly (docs/scheduler.md).
         seqs = group.seqs
         if len(seqs) == 1:
+            # One sequence, checked without the loop: the scheduler asks this of every running group
+            # every step, and the loop costs 0.1-0.25 us more per group, 6-13% of
+            # benchmarks/bench_scheduler.py's step at 128-256 running.
             seq = seqs[0]
             table = self.block_tables[seq.seq_id]
-            if len(table) * self.block_size >= len(seq.token_ids) and (self.gpu.ref_counts[table[-1]] == 1):
+            if len(table) * self.block_size >= len(seq.token_ids) and self.gpu.ref_counts[table[-1]] == 1:
                 return True
             return self.gpu.num_free >= 1
-        running = [s for s in seqs if s.status is SequenceStatus.RUNNING]
-        return self.gpu.num_free >= self._num_slot_blocks(running)
+        ref_counts = self.gpu.ref_counts
+        needed = 0
+        for seq in seqs:
+            if seq.status is SequenceStatus.RUNNING and self._needs_block(seq, ref_counts):
+                needed += 1
+        return self.gpu.num_free >= needed
 
     def append_slot(self, seq: Sequence) -> tuple[int, int] | None:
         """Make room for the newest token (position len(seq) - 1).
@@ -346,34 +363,18 @@ class BlockManager:
             pool.decref(b)
 
     # ------------------------------------------------------------------ swapping (section 4.5)
-    def _unique_blocks(self, group: SequenceGroup, status: SequenceStatus) -> set[int]:
-        return {b for s in group.get_seqs(status) for b in self.block_tables[s.seq_id]}
-
     def can_swap_out(self, group: SequenceGroup) -> bool:
-        return len(self._unique_blocks(group, SequenceStatus.RUNNING)) <= self.cpu.num_free
-
-    def _restorable_prefix_blocks(self, group: SequenceGroup) -> list[int]:
-        """The full blocks of the group's resident shared prefix: swapping in maps them back instead
-        of copying them, so the group shares them again."""
-        prefix = group.prefix
-        if prefix is None or prefix.block_ids is None or not prefix.computed:
-            return []
-        return prefix.block_ids[: len(prefix) // self.block_size]
+        unique = {b for s in group.get_seqs(SequenceStatus.RUNNING) for b in self.block_tables[s.seq_id]}
+        return len(unique) <= self.cpu.num_free
 
     def can_swap_in(self, group: SequenceGroup) -> bool:
         seqs = group.get_seqs(SequenceStatus.SWAPPED)
-        num_restored = len(self._restorable_prefix_blocks(group))
+        num_restored = len(self.shared_prefixes.restorable_blocks(group))
         host_blocks = {b for s in seqs for b in self.block_tables[s.seq_id][num_restored:]}
         # Plus the blocks appending the next token takes right after (vLLM v0 adds one per sequence;
         # this counts exactly, so that a group that fits the cache alone always comes back).
-        bs = self.block_size
-        last_blocks = [self.block_tables[s.seq_id][-1] for s in seqs]
-        needed = len(host_blocks)
-        for seq, last in zip(seqs, last_blocks):
-            if len(self.block_tables[seq.seq_id]) * bs < len(seq.token_ids):
-                needed += 1
-            elif self.cpu.ref_counts[last] > 1:
-                needed += 1
+        cpu_ref_counts = self.cpu.ref_counts
+        needed = len(host_blocks) + sum(1 for s in seqs if self._needs_block(s, cpu_ref_counts))
         return self.gpu.num_free - needed >= self.watermark_blocks
 
     def _move(
@@ -406,8 +407,12 @@ class BlockManager:
         return mapping
 
     def swap_in(self, group: SequenceGroup) -> dict[int, int]:
-        """Bring a swapped group's blocks back; returns {host block: device block}."""
-        restored = self._restorable_prefix_blocks(group)
+        """Bring a swapped group's blocks back; returns {host block: device block}.
+
+        The full blocks of a resident shared prefix are mapped back rather than copied: the host
+        copies of them are dropped and the device originals referenced again.
+        """
+        restored = self.shared_prefixes.restorable_blocks(group)
         seqs = group.get_seqs(SequenceStatus.SWAPPED)
         for seq in seqs:
             table = self.block_tables[seq.seq_id]
@@ -432,66 +437,5 @@ class BlockManager:
         return [min(max(computed - i * bs, 0), bs) for i in range(len(self.block_tables[seq.seq_id]))]
 
     def usage(self, running: list[SequenceGroup]) -> MemoryUsage:
-        """The device KV space in Figure 2's classes, in O(running sequences).
-
-        Every block of a table but the last is full, so only last blocks have empty slots. An empty
-        slot is reservation if the sequence will still fill it (prompt + max_tokens, the trace's true
-        output length when EOS is ignored), internal fragmentation otherwise. Paging leaves no
-        external fragmentation: any free block serves any request.
-        """
-        bs = self.block_size
-        ref_counts = self.gpu.ref_counts
-        tables = self.block_tables
-        max_model_len = self.max_model_len or 1 << 62
-        running_status = SequenceStatus.RUNNING
-        # Last blocks held by one sequence are summed directly; shared ones (forked siblings) are
-        # deduplicated through the dict, keeping the largest fill.
-        last_blocks: dict[int, tuple[int, int]] = {}
-        num_private = filled_private = future_private = 0
-        logical = 0
-        for group in running:
-            max_kv = min(group.max_seq_len, max_model_len) - 1
-            for seq in group.seqs:
-                if seq.status is not running_status:
-                    continue
-                table = tables.get(seq.seq_id)
-                if not table:
-                    continue
-                n = len(table)
-                logical += n
-                base = (n - 1) * bs
-                filled = seq.num_computed_tokens - base
-                filled = 0 if filled < 0 else bs if filled > bs else filled
-                future = max_kv - base
-                future = filled if future < filled else bs if future > bs else future
-                last = table[-1]
-                if ref_counts[last] == 1:
-                    num_private += 1
-                    filled_private += filled
-                    future_private += future
-                    continue
-                old = last_blocks.get(last)
-                if old is None or old < (filled, future):
-                    last_blocks[last] = (filled, future)
-        for prefix in self.prefixes:
-            tail = len(prefix) % bs
-            block = prefix.block_ids[-1]
-            # Held by the prefix alone, its partial last block holds the prefix's tail; a running
-            # sequence that holds it too (the request that computed the prefix) holds it either
-            # as its last block (counted above) or as a full one.
-            if tail and block not in last_blocks and self.gpu.ref_counts[block] == 1:
-                last_blocks[block] = (tail, tail)
-        used = self.gpu.num_used
-        num_last = len(last_blocks) + num_private
-        filled = sum(f for f, _ in last_blocks.values()) + filled_private
-        future = sum(u for _, u in last_blocks.values()) + future_private
-        return MemoryUsage(
-            total=self.num_total_slots,
-            token_states=(used - num_last) * bs + filled,
-            reservation=future - filled,
-            internal_fragmentation=num_last * bs - future,
-            external_fragmentation=0,
-            free=self.gpu.num_free * bs,
-            logical_blocks=logical,
-            physical_blocks=used,
-        )
+        """The device KV space in Figure 2's classes (paged/accounting.py)."""
+        return paged_usage(self, running)

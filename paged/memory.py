@@ -1,17 +1,22 @@
-"""The interface between the scheduler and a KV memory policy, and the paper's memory accounting.
+"""The interface between the scheduler and a KV memory policy.
 
 The scheduler (paged/scheduler.py) talks to KV memory only through `KVCacheManager`. The paged
 `BlockManager` implements it; the contiguous-allocation baselines (Orca, FasterTransformer; the
 `baselines/` package) implement it too, so one scheduler runs every system (ARCHITECTURE.md).
+`MemoryUsage`, the paper's Figure 2 accounting every policy reports, lives in paged/accounting.py and
+is re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from paged.accounting import MemoryUsage
 from paged.sequence import Sequence, SequenceGroup
+
+__all__ = ["AllocPlan", "AllocStatus", "KVCacheManager", "MemoryUsage"]
 
 
 class AllocStatus(enum.Enum):
@@ -33,59 +38,6 @@ class AllocPlan:
     num_new_tokens: int = 0
     reason: str = ""
     detail: Any = None
-
-
-@dataclass
-class MemoryUsage:
-    """The KV space in the paper's Figure 2 classes, in token slots; the five classes sum to total.
-
-    - token_states: slots holding keys/values of tokens already computed (counted once when shared);
-    - reservation: slots set aside for tokens the request will still produce;
-    - internal_fragmentation: slots set aside that the request will never use;
-    - external_fragmentation: free slots no request can use (allocator round-up, scattered holes);
-    - free: slots any request can still get.
-    `logical_blocks` is what the running sequences' block tables would hold without sharing and
-    `physical_blocks` what they hold: their ratio is the sharing saving (Figure 15).
-    """
-
-    total: int
-    token_states: int = 0
-    reservation: int = 0
-    internal_fragmentation: int = 0
-    external_fragmentation: int = 0
-    free: int = 0
-    logical_blocks: int = 0
-    physical_blocks: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def check(self) -> None:
-        parts = (
-            self.token_states
-            + self.reservation
-            + self.internal_fragmentation
-            + self.external_fragmentation
-            + self.free
-        )
-        if parts != self.total:
-            raise AssertionError(f"memory classes sum to {parts} slots, not {self.total}: {self}")
-
-    def percentages(self) -> dict[str, float]:
-        """The Figure 2 classes as % of the KV space (keys as in results/ points.csv)."""
-        t = self.total or 1
-        return {
-            "kv_token_states_pct": 100.0 * self.token_states / t,
-            "kv_reservation_pct": 100.0 * self.reservation / t,
-            "kv_internal_frag_pct": 100.0 * self.internal_fragmentation / t,
-            "kv_external_frag_pct": 100.0 * self.external_fragmentation / t,
-            "kv_free_pct": 100.0 * self.free / t,
-        }
-
-    @property
-    def sharing_saving(self) -> float:
-        """Blocks saved by sharing / blocks needed without sharing (paper Figure 15)."""
-        if not self.logical_blocks:
-            return 0.0
-        return (self.logical_blocks - self.physical_blocks) / self.logical_blocks
 
 
 class KVCacheManager(Protocol):

@@ -254,3 +254,122 @@ def test_usage_counts_shared_slots_once_and_sums_to_total():
     assert u.reservation == 2 and u.internal_fragmentation == 0
     assert u.logical_blocks == 4 and u.physical_blocks == 2 and u.sharing_saving == 0.5
     assert u.free == 14 * 4
+
+
+# ---------------------------------------------------------------- placements (admission decisions)
+def test_placement_of_parallel_samples_names_new_blocks_once():
+    from paged.block_manager import NewBlock
+
+    m = manager(block_size=4)
+    g = make_group(0, range(7), n=2)
+    placement = m.can_allocate(g).detail
+    # Both samples hold the same two new blocks; the second reads the first's prompt.
+    assert placement.tables == [[NewBlock(0), NewBlock(1)], [NewBlock(0), NewBlock(1)]]
+    assert placement.num_new_blocks == 2 and placement.copies == []
+    assert placement.num_computed == [0, 7]
+    assert placement.existing_blocks() == []
+
+
+def test_a_single_sequence_sharing_nothing_gets_new_blocks_in_order():
+    m = manager(block_size=4)
+    g = make_group(0, range(9))
+    plan = m.can_allocate(g)
+    assert plan.detail is None and plan.num_new_tokens == 9  # no placement to compute
+    assert m.allocate(g, plan) == []
+    assert m.get_block_table(g.seqs[0]) == [0, 1, 2] and g.seqs[0].num_computed_tokens == 0
+
+
+def test_placement_maps_prefix_blocks_and_copies_its_partial_block():
+    from paged.block_manager import NewBlock
+
+    m = manager(block_size=4)
+    prefix = SharedPrefix("sys", list(range(10)))
+    a = make_group(0, list(range(10)) + [20], prefix=prefix)
+    admit(m, a)
+    m.mark_computed(a)
+    b = make_group(1, list(range(10)) + [30, 31, 32, 33, 34], prefix=prefix)
+    placement = m.can_allocate(b).detail
+    p0, p1, p2 = prefix.block_ids
+    assert placement.tables == [[p0, p1, NewBlock(0), NewBlock(1)]]
+    assert placement.copies == [(p2, NewBlock(0))]
+    assert placement.num_computed == [10]
+    assert placement.existing_blocks() == [p0, p1]
+
+
+def test_placement_takes_cache_hits_as_existing_blocks():
+    from paged.block_manager import NewBlock
+
+    m = manager(block_size=4, caching=True)
+    a = make_group(0, range(10))
+    admit(m, a)
+    table_a = list(m.get_block_table(a.seqs[0]))
+    m.free(a.seqs[0])
+    placement = m.can_allocate(make_group(1, list(range(8)) + [50])).detail
+    assert placement.tables == [[table_a[0], table_a[1], NewBlock(0)]]
+    assert placement.num_computed == [8]
+
+
+# ---------------------------------------------------------------- shared-prefix rules in one place
+def test_shared_prefixes_answer_admission_swap_accounting_and_release():
+    m = manager(block_size=4)
+    sp = m.shared_prefixes
+    prefix = SharedPrefix("sys", list(range(10)))  # 2 full blocks + a 2-token tail
+    other = SharedPrefix("other", list(range(8)))  # 2 full blocks
+    a = make_group(0, list(range(10)) + [20], prefix=prefix)
+    assert sp.offer(a) is None  # not resident: the first request computes it
+    assert sp.reject_reason(make_group(9, [1, 2], prefix=prefix)) is not None
+    admit(m, a)
+    assert m.prefixes == [prefix] and sp.resident is m.prefixes
+    offer = sp.offer(a)
+    assert offer.full_blocks == prefix.block_ids[:2] and offer.length == 10
+    assert offer.partial_block is None  # not computed yet: nothing to copy from
+    assert sp.restorable_blocks(a) == []
+    m.mark_computed(a)
+    assert sp.offer(a).partial_block == prefix.block_ids[2]
+    assert sp.restorable_blocks(a) == prefix.block_ids[:2]
+    # Its own prefix pins only the partial block the group copies; another prefix pins every block.
+    assert sp.num_pinned_blocks(a) == 1
+    c = make_group(2, list(range(8)) + [5], prefix=other)
+    admit(m, c)
+    assert sp.num_pinned_blocks(a) == 1 + 2 and sp.num_pinned_blocks(c) == 3
+    # The partial last block counts in accounting once no sequence holds it.
+    assert sp.unshared_tails() == []
+    m.free(a.seqs[0])
+    assert sp.unshared_tails() == [(prefix.block_ids[2], 2)]
+    used = m.gpu.num_used
+    m.release_prefix(prefix)
+    assert m.prefixes == [other] and prefix.block_ids is None and not prefix.computed
+    assert m.gpu.num_used == used - 3
+    m.release_prefix(prefix)  # releasing twice is harmless
+    assert m.prefixes == [other]
+
+
+def test_swap_in_maps_the_prefix_full_blocks_back_instead_of_copying():
+    m = manager(block_size=4)
+    prefix = SharedPrefix("sys", list(range(10)))
+    a = make_group(0, list(range(10)) + [20], prefix=prefix)
+    admit(m, a)
+    m.mark_computed(a)
+    b = make_group(1, list(range(10)) + [30, 31], prefix=prefix)
+    admit(m, b)
+    finish_step(b)
+    m.append_slot(b.seqs[0])
+    before = list(m.get_block_table(b.seqs[0]))
+    out_map = m.swap_out(b)
+    assert len(out_map) == 4  # the prefix's two full blocks and the request's own two
+    b.seqs[0].status = SequenceStatus.SWAPPED
+    assert m.can_swap_in(b)
+    in_map = m.swap_in(b)
+    assert len(in_map) == 2  # only the request's own blocks come back by copy
+    table = m.get_block_table(b.seqs[0])
+    assert table[:2] == prefix.block_ids[:2] == before[:2]
+    assert table[2:] == [in_map[out_map[x]] for x in before[2:]]
+    assert m.cpu.num_used == 0
+
+
+def test_memory_usage_is_importable_from_every_old_place():
+    import paged
+    import paged.accounting
+    import paged.memory
+
+    assert paged.MemoryUsage is paged.memory.MemoryUsage is paged.accounting.MemoryUsage
