@@ -151,9 +151,9 @@ class ContiguousManager(abc.ABC):
         raise RuntimeError("contiguous baselines do not swap")
 
     # ------------------------------------------------------------------ accounting (Figure 2)
-    def get_block_table(self, seq: Sequence) -> list[int]:
+    def get_block_table(self, seq: Sequence) -> range:
         address, order = self.chunks[seq.seq_id]
-        return list(range(address, address + (1 << order)))
+        return range(address, address + (1 << order))  # consecutive blocks; a range costs no list
 
     def _held(self, running: list[SequenceGroup]):
         """(chunk slots, reserved, tokens computed, final KV tokens) of every chunk held."""

@@ -41,7 +41,7 @@ def make_requests(num: int, seed: int) -> list[SequenceGroup]:
     return groups
 
 
-def measure(num_running: int, steps: int, seed: int, track_memory: bool) -> dict:
+def measure(num_running: int, steps: int, seed: int, track_memory: bool, block_tables: bool = False) -> dict:
     """Time `steps` iterations with `num_running` sequences in the batch."""
     sched_cfg = SchedulerConfig(max_num_seqs=num_running, max_num_batched_tokens=4096, max_model_len=2048)
     # Memory for every running sequence at full length: the batch size is set by max_num_seqs.
@@ -49,6 +49,9 @@ def measure(num_running: int, steps: int, seed: int, track_memory: bool) -> dict
     manager = BlockManager(cache, sched_cfg.max_model_len)
     sched = Scheduler(sched_cfg, manager)
     executor = NullExecutor()
+    # As in the simulator (Engine does this): a cost-model executor needs no block tables in the
+    # scheduler's output. --block-tables measures the real engine's setting.
+    sched.emit_block_tables = block_tables
     for g in make_requests(num_running * 6 + steps // 8, seed):
         sched.add(g)
     # Warm up until the batch is full.
@@ -90,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="timed iterations per size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument(
+        "--block-tables", action="store_true", help="the scheduler also emits block tables (real engine)"
+    )
     args = ap.parse_args(argv)
     rows = []
     print(f"{'running':>8} {'us/step':>9} {'median':>9} {'us/seq/step':>12} {'+memory acct':>13}")
     for n in args.sizes:
-        base = measure(n, args.steps, args.seed, track_memory=False)
-        acct = measure(n, args.steps, args.seed, track_memory=True)
+        base = measure(n, args.steps, args.seed, track_memory=False, block_tables=args.block_tables)
+        acct = measure(n, args.steps, args.seed, track_memory=True, block_tables=args.block_tables)
         rows += [base, acct]
         print(
             f"{n:>8} {base['us_per_step']:>9.1f} {base['median_us_per_step']:>9.1f} "

@@ -6,6 +6,7 @@ harness/__main__.py.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -24,7 +25,7 @@ from harness.results import (
     request_rows,
     write_csv,
 )
-from harness.simulate import SimConfig, build, simulate
+from harness.simulate import BACKENDS, SimConfig, build, simulate
 from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
 
 
@@ -64,7 +65,7 @@ def _fmt(value) -> str:
 
 def validate(cfg: Config) -> None:
     """Impossible combinations fail here, each with one sentence naming the fix."""
-    if cfg.backend.name not in ("sim", "real"):
+    if cfg.backend.name not in BACKENDS:
         raise ExperimentError(f"backend must be sim or real, got {cfg.backend.name!r}")
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown:
@@ -205,8 +206,10 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             "output_digest",
         ]
     )
+    log = _run_log(run_dir)
     if resumed:
         print(f"resuming {run_dir}: {len(grid) - len(todo)} of {len(grid)} points already done")
+    log.info("%s %s: %d points, %d to run", "resume" if resumed else "start", cfg.name, len(grid), len(todo))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -217,6 +220,13 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         write_csv(run_dir / "requests" / f"{point.slug}.csv", requests, REQUEST_COLUMNS)
         rows.append({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
         write_csv(run_dir / "points.csv", rows, columns)
+        log.info(
+            "point %s: normalized latency %.4f s/token, %d requests, wall %.1f s",
+            point.slug,
+            row["normalized_latency"],
+            row["num_requests"],
+            row["wall_s"],
+        )
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(
@@ -249,8 +259,26 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
 
         plot_run(run_dir, rows, cap_rows, cfg)
     atomic_write(run_dir / "DONE", "")
-    print_capacity(cap_rows, cfg, run_dir)
+    text = capacity_text(cap_rows, cfg, run_dir)
+    print(text)
+    log.info("done\n%s", text)
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
     return run_dir
+
+
+def _run_log(run_dir: Path) -> logging.Logger:
+    """The run's own log, run_dir/run.log (appended to on resume): what ran, each point's headline
+    numbers, the capacity table. Hydra writes no log file (harness/conf/config.yaml says why)."""
+    log = logging.getLogger(f"harness.run.{run_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the console has the progress bar and the table already
+    if not log.handlers:
+        handler = logging.FileHandler(run_dir / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    return log
 
 
 def _probe(cfg: Config, point: Point) -> None:
@@ -290,11 +318,12 @@ def _round(x: float) -> float:
     return x if math.isnan(x) else round(x, 4)
 
 
-def print_capacity(table: list[dict], cfg: Config, run_dir: Path) -> None:
+def capacity_text(table: list[dict], cfg: Config, run_dir: Path) -> str:
+    """The capacity table as printed at the end of a run."""
     keys = list(cfg.sweep)
     lo, hi = min(cfg.request_rates), max(cfg.request_rates)
     vllm = {tuple(str(t[k]) for k in keys): t["capacity_rps"] for t in table if t["system"] == "vllm"}
-    print(f"\ncapacity: highest rate with normalized latency below {cfg.capacity_threshold} s/token")
+    lines = [f"\ncapacity: highest rate with normalized latency below {cfg.capacity_threshold} s/token"]
     for t in table:
         extra = " ".join(f"{k}={t[k]}" for k in keys)
         cap = t["capacity_rps"]
@@ -305,5 +334,6 @@ def print_capacity(table: list[dict], cfg: Config, run_dir: Path) -> None:
         else:
             text = f"{cap:.3g} req/s" + (" (or more: never crossed)" if cap >= hi else "")
             vs = f"; vLLM {ref / cap:.2f}x" if ref and t["system"] != "vllm" else ""
-        print(f"  {t['system']:<18} {extra:<20} {text}{vs}")
-    print(f"results: {run_dir}")
+        lines.append(f"  {t['system']:<18} {extra:<20} {text}{vs}")
+    lines.append(f"results: {run_dir}")
+    return "\n".join(lines)

@@ -55,7 +55,11 @@ class ServerConfig:
         positive("max_num_seqs", self.max_num_seqs)
         positive("max_model_len", self.max_model_len, "; null: the model's max_position_embeddings")
         positive("ft_batch_size", self.ft_batch_size, "; null: as many max-length requests as fit")
-        positive("kv_cache_gib", self.kv_cache_gib, "; null: computed from the hardware preset")
+        positive(
+            "kv_cache_gib",
+            self.kv_cache_gib,
+            "; null: computed from the hardware preset (sim) or REAL_KV_CACHE_GIB (real)",
+        )
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(
                 f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}"

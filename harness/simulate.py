@@ -25,7 +25,7 @@ from harness.sim.kv_capacity import KVCapacity, kv_capacity
 from harness.workload import BUILTIN, Workload, synthetic
 from paged import CacheConfig, Engine, Scheduler, SchedulerConfig, SequenceGroup
 from paged.config import PREEMPTION_MODES
-from paged.presets import GIB, ModelSpec, load_model
+from paged.presets import ModelSpec, load_model, num_blocks_in
 
 BACKENDS = ("sim", "real")
 
@@ -125,12 +125,12 @@ def _real_executor(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
         dtype = DTYPES[cfg.real_dtype]
     else:
         raise ValueError(f"real_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg.real_dtype!r}")
-    hf, _ = load_hf_model(model.name, dtype, device, cfg.seed)
-    block_bytes = s.block_size * model.kv_bytes_per_token(dtype.itemsize)
+    hf, _ = load_hf_model(model, dtype, device, cfg.seed)  # the spec itself: a YAML path works too
+    block_bytes = model.kv_bytes_per_block(s.block_size, dtype.itemsize)
     gib = s.kv_cache_gib if s.kv_cache_gib is not None else REAL_KV_CACHE_GIB
-    num_blocks = max(1, int(gib * GIB) // block_bytes)
+    num_blocks = max(1, num_blocks_in(gib, block_bytes))
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
-    num_cpu = int(s.swap_space_gib * GIB) // block_bytes if device == "cuda" else num_blocks
+    num_cpu = num_blocks_in(s.swap_space_gib, block_bytes) if device == "cuda" else num_blocks
     runner = ModelRunner(hf, num_blocks, s.block_size, num_cpu)
     runner.warmup()  # kernels built before the first measured step
     executor = RealExecutor(runner, seed=cfg.seed)

@@ -36,9 +36,12 @@ class Engine:
         """Run one iteration at the current clock and record it."""
         sched = self.scheduler
         start = self.clock
+        # Block tables only for an executor that reads them (read each step: a caller may swap the
+        # executor, as harness/calib/sim_vs_real.py does).
+        sched.emit_block_tables = getattr(self.executor, "needs_block_tables", True)
         out = sched.schedule(start)
         # Nothing to execute: only rejections, or a lone group recompute-preempted itself.
-        executed = not out.is_empty or bool(out.blocks_to_swap_out or out.blocks_to_copy)
+        executed = not out.is_empty or out.has_block_ops
         if executed:
             result = self.executor.execute(out)
             duration, samples = result.duration_s, result.outputs

@@ -21,6 +21,11 @@ class Executor(Protocol):
     """Runs one scheduled step. Reads only the `SchedulerOutput` (and the sequences it names): block
     tables, compute ranges and block operations all come in it, never from the memory manager."""
 
+    # Whether it reads SchedulerOutput.block_tables (a real model does; a cost model needs only the
+    # step's shape, and the scheduler then skips building them). The Engine reads it before every
+    # step; an executor without it gets the tables.
+    needs_block_tables: bool
+
     def execute(self, out: SchedulerOutput) -> ExecutorResult: ...
 
 
@@ -31,6 +36,8 @@ class NullExecutor:
     max_tokens, as in vLLM's benchmarks. Beam-search groups have their beams re-drawn from the
     current ones at random (seeded), which exercises fork and free as real beam search does.
     """
+
+    needs_block_tables = False
 
     def __init__(self, step_time_s: float = 0.0, seed: int = 0, vocab_size: int = 50_000) -> None:
         self.step_time_s = step_time_s

@@ -23,6 +23,7 @@ from paged.config import CacheConfig, SchedulerConfig
 from paged.engine import Engine
 from paged.model_loader import DTYPES, load_hf_model
 from paged.model_runner import ModelRunner
+from paged.presets import num_blocks_in
 from paged.real_executor import RealExecutor
 from paged.sampling_params import SamplingParams
 from paged.scheduler import Scheduler
@@ -108,20 +109,20 @@ class LLM:
         self.runner = ModelRunner(self.model, 0, block_size, 0, tp_rank=0, tp_size=tp)
         block_bytes = self.runner.block_bytes
         if kv_cache_gib is not None:
-            num_gpu_blocks = int(kv_cache_gib * 1024**3) // block_bytes
+            num_gpu_blocks = num_blocks_in(kv_cache_gib, block_bytes)
         elif self.runner.device.type == "cuda":
             peak = self.runner.profile_peak_bytes(self.scheduler_config.max_num_batched_tokens, max_len)
             total = torch.cuda.mem_get_info(self.runner.device)[1]
             num_gpu_blocks = kv_blocks_from_profile(total, gpu_memory_utilization, peak, block_bytes)
         else:
-            num_gpu_blocks = int(CPU_KV_CACHE_GIB * 1024**3) // block_bytes
+            num_gpu_blocks = num_blocks_in(CPU_KV_CACHE_GIB, block_bytes)
         if num_gpu_blocks * block_size < max_len:
             raise ValueError(
                 f"the KV cache holds {num_gpu_blocks} blocks of {block_size} tokens, less than one "
                 f"{max_len}-token sequence: raise kv_cache_gib (or gpu_memory_utilization), or lower "
                 "max_model_len"
             )
-        num_cpu_blocks = int(swap_space_gib * 1024**3) // block_bytes
+        num_cpu_blocks = num_blocks_in(swap_space_gib, block_bytes)
         if tp > 1:  # every rank allocates the same blocks (of its own heads) and warms up in step
             import torch.distributed as dist
 

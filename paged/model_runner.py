@@ -1,4 +1,4 @@
-"""Real execution: OPT and LLaMA forward passes over the paged KV cache, and the executor around them.
+"""Real execution: OPT and LLaMA forward passes over the paged KV cache (paged/real_executor.py drives it).
 
 The weights and the per-layer modules (projections, norms, MLPs, rotary embedding) are those of a
 transformers model (`from_pretrained` on a local directory, or random init from a config); only the
@@ -188,17 +188,18 @@ class ModelRunner:
     def _attention(self, layer_idx: int, q, k, v, inputs: StepInputs):
         """q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]. Writes first, then reads (executor contract)."""
         kc, vc = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
-        self.ops.write_kv_cache(k.contiguous(), v.contiguous(), kc, vc, inputs.slot_mapping)
-        with self._part("attention"):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        self.ops.write_kv_cache(k, v, kc, vc, inputs.slot_mapping)
+        with self._part("attention"):  # the kernel alone, as the cost model's attention term
             out = self._attend(q, k, v, kc, vc, inputs)
         return out.reshape(out.shape[0], -1)
 
     def _attend(self, q, k, v, kc, vc, inputs: StepInputs):
         if inputs.is_prefill:
             return self.ops.prefill_attention(
-                q.contiguous(),
-                k.contiguous(),
-                v.contiguous(),
+                q,
+                k,
+                v,
                 kc,
                 vc,
                 inputs.block_tables,
@@ -207,7 +208,7 @@ class ModelRunner:
                 self.scale,
             )
         return self.ops.paged_decode_attention(
-            q.contiguous(), kc, vc, inputs.block_tables, inputs.context_lens, self.scale
+            q, kc, vc, inputs.block_tables, inputs.context_lens, self.scale
         )
 
     def _opt_layer(self, i, layer, h, inputs):

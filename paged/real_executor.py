@@ -18,6 +18,8 @@ from paged.step import ExecutorResult, SchedulerOutput
 
 
 class RealExecutor:
+    needs_block_tables = True
+
     def __init__(self, runner: ModelRunner, seed: int = 0) -> None:
         self.runner = runner
         self.sampler = Sampler(seed)

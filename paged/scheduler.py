@@ -41,6 +41,10 @@ class Scheduler:
         self.swapped: list[SequenceGroup] = []
         self._running_sorted = True
         self._pending_copies: list[tuple[int, int]] = []  # from forks, done before the next step
+        # Put every running sequence's block table into the output. The real executor reads them; the
+        # simulated one prices a step by its shape alone, so the Engine turns this off for it
+        # (`Executor.needs_block_tables`) and the simulator does not pay a lookup per sequence.
+        self.emit_block_tables = True
         self.num_preemptions = 0
         self.num_swapped_blocks = 0  # blocks moved out to host memory, summed over the run
 
@@ -60,6 +64,8 @@ class Scheduler:
             self._admit(out, now)
             if out.scheduled_groups:
                 out.is_prefill = True
+                if self.emit_block_tables:
+                    self._add_block_tables(out)
                 return out
         self._decode(out, now)
         if not out.preempted and self.swapped:
@@ -80,7 +86,20 @@ class Scheduler:
                 )
         out.scheduled_groups = self.running
         out.num_batched_tokens = out.num_seqs
+        if self.emit_block_tables:
+            self._add_block_tables(out)
         return out
+
+    def _add_block_tables(self, out: SchedulerOutput) -> None:
+        """Each running sequence's block table as it is for this step (after its appends, swaps
+        and copies), so that the executor never has to ask the memory manager."""
+        get_block_table = self.memory.get_block_table
+        out.block_tables = {
+            seq.seq_id: get_block_table(seq)
+            for group in out.scheduled_groups
+            for seq in group.seqs
+            if seq.status is _RUNNING
+        }
 
     def _reject(self, group: SequenceGroup, reason: str, now: float, out: SchedulerOutput) -> None:
         group.reject_reason = reason
@@ -146,7 +165,6 @@ class Scheduler:
             for seq in group.seqs:
                 if seq.status is _WAITING:
                     seq.status = _RUNNING
-                    out.block_tables[seq.seq_id] = memory.get_block_table(seq)
                     out.prefill_ranges[seq.seq_id] = (seq.num_computed_tokens, len(seq.token_ids))
             if group.metrics.first_scheduled_time is None:
                 group.metrics.first_scheduled_time = now
@@ -167,8 +185,6 @@ class Scheduler:
         memory = self.memory
         can_append_slots = memory.can_append_slots
         append_slot = memory.append_slot
-        get_block_table = memory.get_block_table
-        tables = out.block_tables
         copies = out.blocks_to_copy
         queue = deque(self.running)
         kept = []
@@ -188,7 +204,6 @@ class Scheduler:
                         copy = append_slot(seq)
                         if copy is not None:
                             copies.append(copy)
-                        tables[seq.seq_id] = get_block_table(seq)
                 kept.append(group)
         self.running = kept
         out.num_seqs = num_seqs
@@ -240,7 +255,6 @@ class Scheduler:
                     copy = memory.append_slot(seq)
                     if copy is not None:
                         out.blocks_to_copy.append(copy)
-                    out.block_tables[seq.seq_id] = memory.get_block_table(seq)
             self.running.append(group)
             self._running_sorted = False
             num_seqs += n

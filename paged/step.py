@@ -20,7 +20,9 @@ class SchedulerOutput:
     A prefill sequence computes tokens `prefill_ranges[seq_id] = (start, end)`: `start` tokens were
     found shared or cached (paper section 4.4), `end` is its length. A decode sequence computes its
     newest token, [len - 1, len). `block_tables[seq_id]` maps each running sequence's logical blocks to
-    physical block ids, as they are for this step (after its swaps, copies and appends)."""
+    physical block ids, as they are for this step (after its swaps, copies and appends); it is filled
+    for executors that read it (`Executor.needs_block_tables`: the real one) and left empty for the
+    simulated one, which prices a step by its shape."""
 
     scheduled_groups: list[SequenceGroup] = field(default_factory=list)
     is_prefill: bool = False

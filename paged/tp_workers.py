@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import tempfile
 
 import torch
@@ -39,7 +40,8 @@ def _worker_main(model, dtype, device, seed, block_size, rank, world, store_path
 
 def start_workers(model, dtype, device, seed, block_size, world) -> list:
     """Start ranks 1..world-1 as processes and join the process group as rank 0."""
-    store_path = os.path.join(tempfile.mkdtemp(prefix="pagelab-tp-"), "rendezvous")
+    store_dir = tempfile.mkdtemp(prefix="pagelab-tp-")
+    store_path = os.path.join(store_dir, "rendezvous")
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
@@ -52,13 +54,15 @@ def start_workers(model, dtype, device, seed, block_size, world) -> list:
     for p in procs:
         p.start()
     init_group(0, world, store_path, device.startswith("cuda"))
-    atexit.register(stop_workers, procs)
+    atexit.register(stop_workers, procs, store_dir)
     return procs
 
 
-def stop_workers(procs: list) -> None:
+def stop_workers(procs: list, store_dir: str | None = None) -> None:
     if dist.is_initialized():
         broadcast_step(None)
         dist.destroy_process_group()
     for p in procs:
         p.join(timeout=30)
+    if store_dir is not None:
+        shutil.rmtree(store_dir, ignore_errors=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from paged.presets import load_model
+
 GPUS = {  # calibration key -> (Vidur folder, HBM GB/s, peak fp16 TFLOPS) of the profiled part
     "a100": ("a100", 2039.0, 312.0),  # Vidur profiled an A100-80GB SXM
     "h100": ("h100", 3350.0, 989.0),
@@ -104,7 +106,7 @@ def main() -> None:
         }
 
     ds = json.loads((data / "distserve/profiler-a100-80g.vllm.json").read_text())["facebook/opt-13b"]["1"]
-    kv_bytes_per_token = 2 * 40 * 5120 * 2  # OPT-13B, fp16, all layers
+    kv_bytes_per_token = load_model("opt-13b").kv_bytes_per_token()  # OPT-13B, fp16, all layers
     a100_80_bw = 2039e9
     ms_per_ctx_token = ds["decoding_smallbs"][1]
     paged_eff = kv_bytes_per_token / (ms_per_ctx_token / 1e3) / a100_80_bw
@@ -131,7 +133,6 @@ def main() -> None:
     from harness.results import atomic_write
     from harness.sim.cost_model import CostModel
     from harness.sim.hardware import load_hardware
-    from paged.presets import load_model
 
     opt13, a100_80 = load_model("opt-13b"), load_hardware("a100-80gb")
     fits = json.loads((data / "distserve/profiler-a100-80g.vllm.json").read_text())

@@ -79,6 +79,7 @@ def test_smoke_writes_the_results_contract(tmp_path):
         "points.csv",
         "capacity.csv",
         "DONE",
+        "run.log",
         "normalized_latency.png",
         "batched_requests.png",
         "memory_waste.png",

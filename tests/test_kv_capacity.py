@@ -95,3 +95,13 @@ def test_unknown_preset_lists_the_known_ones(tmp_path):
     bad.write_text("name: x\nfamily: opt\nhidden: 3\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_model(str(bad))
+
+
+def test_every_model_preset_loads_by_its_own_name_from_the_package():
+    from paged.presets import PRESET_DIR
+
+    files = sorted((PRESET_DIR / "model").glob("*.yaml"))
+    assert len(files) >= 7
+    for path in files:
+        spec = load_model(str(path))
+        assert load_model(spec.name) == spec  # "opt-1.3b" as well as "opt-13b"

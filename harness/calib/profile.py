@@ -161,7 +161,7 @@ def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict
     swapper = ModelRunner(hf, 64, 1, 64)
     t1 = median_s(lambda: swapper.swap([(0, 0)], to_host=True), reps)
     t64 = median_s(lambda: swapper.swap([(i, i) for i in range(64)], to_host=True), reps)
-    block_bytes_layer = spec.head_dim * spec.num_key_value_heads * 2  # block size 1, K or V, one layer
+    block_bytes_layer = spec.kv_bytes_per_block(1, dt.itemsize) // L // 2  # block size 1, K or V, one layer
     per_block_s = (t64 - t1) / 63
     swap_gbps = 2 * L * block_bytes_layer / max(per_block_s, 1e-12) / 1e9
 

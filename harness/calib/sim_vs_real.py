@@ -48,6 +48,7 @@ class ShadowExecutor:
     predicted time (`components`): where a gap comes from."""
 
     PARTS = ("linear", "attention", "lm_head", "rest", "outside")
+    needs_block_tables = True  # the real executor inside reads them
 
     def __init__(self, real, cost_model, timer=None) -> None:
         self.real = real

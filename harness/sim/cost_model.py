@@ -158,7 +158,7 @@ class CostModel:
         # Causal prefill attention FLOPs per layer and GPU: 4*h*q*c + 2*h*q^2 (c cached, q new tokens);
         # ms per unit (2*q*c + q^2) at peak, all layers.
         self._prefill_flops_ms_peak = L * 2 * h / tp / self._flops_per_ms
-        self._block_kv_bytes_per_layer = block_size * model.kv_bytes_per_token(tp=tp) / L / 2  # K or V
+        self._block_kv_bytes_per_layer = block_size * model.kv_bytes_per_token() / L / 2 / tp  # K or V
         # Per-N tables: the step cost that depends only on the number of tokens, precomputed once.
         self._table = [self._token_cost(n) for n in range(max_table_tokens + 1)]
         self._head_table = [self._lm_head_ms(n) for n in range(1025)]

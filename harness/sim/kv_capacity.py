@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from harness.server import ServerConfig
 from harness.sim.hardware import GPUSpec
-from paged.presets import GIB, ModelSpec
+from paged.presets import GIB, ModelSpec, num_blocks_in
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def kv_capacity(
     activations = activation_peak_bytes(model, tp, s.max_num_batched_tokens, s.max_num_seqs)
     reserve = int(s.runtime_reserve_gib * GIB)
     kv = budget - weights - activations - reserve
-    block_bytes = s.block_size * model.kv_bytes_per_token(tp=tp)
+    block_bytes = model.kv_bytes_per_block(s.block_size, tp=tp)
     if kv < block_bytes:
         raise ValueError(
             f"{model.name} does not fit on {tp} x {gpu.name}: weights take {weights / GIB:.1f} GiB per GPU "
@@ -85,7 +85,7 @@ def kv_capacity(
         )
     num_gpu_blocks = kv // block_bytes
     if s.kv_cache_gib is not None:
-        num_gpu_blocks = max(1, int(s.kv_cache_gib * GIB) // block_bytes)
+        num_gpu_blocks = max(1, num_blocks_in(s.kv_cache_gib, block_bytes))
         kv = num_gpu_blocks * block_bytes
     return KVCapacity(
         budget_bytes=budget,

@@ -25,6 +25,12 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_
     return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
 
 
+def num_blocks_in(gib: float, block_bytes: int) -> int:
+    """Whole KV blocks of `block_bytes` bytes in `gib` GiB: how every KV size given in GiB becomes
+    blocks (the real engine's kv_cache_gib and swap space, the simulator's overrides)."""
+    return int(gib * GIB) // block_bytes
+
+
 @dataclass
 class ModelSpec:
     """Transformer dimensions, with transformers' config names."""
@@ -95,6 +101,10 @@ class ModelSpec:
             self.dtype_bytes if dtype_bytes is None else dtype_bytes,
         )
 
+    def kv_bytes_per_block(self, block_size: int, dtype_bytes: int | None = None, tp: int = 1) -> int:
+        """One block's keys and values, all layers, per GPU (a block holds `block_size` tokens)."""
+        return block_size * self.kv_bytes_per_token(dtype_bytes, tp)
+
 
 def load_yaml_preset(directory: Path, kind: str, name_or_path: str, cls):
     """A dataclass from `directory/<name>.yaml` (dashes in the name read as underscores) or from a
@@ -102,8 +112,9 @@ def load_yaml_preset(directory: Path, kind: str, name_or_path: str, cls):
     import yaml
 
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = directory / f"{name_or_path.replace('-', '_')}.yaml"
+    if path.suffix not in (".yaml", ".yml"):  # a name, not a file
+        # opt-13b, opt-1.3b and opt_1_3b all name opt_1_3b.yaml's family of files
+        path = directory / f"{name_or_path.replace('-', '_').replace('.', '_')}.yaml"
     if not path.is_file():
         known = sorted(p.stem.replace("_", "-") for p in directory.glob("*.yaml"))
         raise FileNotFoundError(

@@ -1,0 +1,121 @@
+"""The one-way engine loop (docs/ARCHITECTURE.md): what an executor receives in the scheduler's output
+is exactly the memory policy's state, so an executor never needs to ask the memory manager.
+
+Random workloads (n, beam search, shared prefixes, prefix caching, small caches that force swap and
+recompute preemption) on every system; an executor that reads block tables checks, at every step,
+that the output names each running sequence's block table as the policy holds it and each prefill
+sequence's compute range. An executor that does not read them gets none.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from baselines import build_system
+from paged import (
+    CacheConfig,
+    Engine,
+    NullExecutor,
+    SamplingParams,
+    SchedulerConfig,
+    SequenceGroup,
+    SequenceStatus,
+    SharedPrefix,
+)
+from paged.scheduler import Scheduler
+
+RUNNING = SequenceStatus.RUNNING
+
+
+class ContractExecutor(NullExecutor):
+    """NullExecutor's tokens; checks the SchedulerOutput against the memory policy before each step."""
+
+    needs_block_tables = True
+
+    def __init__(self, memory) -> None:
+        super().__init__(step_time_s=1.0, seed=1)
+        self.memory = memory  # for the check only: the contract is that an executor needs no such link
+        self.steps = 0
+
+    def execute(self, out):
+        running = [s for g in out.scheduled_groups for s in g.seqs if s.status is RUNNING]
+        assert set(out.block_tables) == {s.seq_id for s in running}
+        for seq in running:
+            assert list(out.block_tables[seq.seq_id]) == list(self.memory.get_block_table(seq))
+            start, end = out.compute_range(seq)
+            if out.is_prefill:
+                assert (start, end) == (seq.num_computed_tokens, len(seq.token_ids))
+            else:
+                assert (start, end) == (len(seq.token_ids) - 1, len(seq.token_ids))
+        if out.is_prefill:
+            assert set(out.prefill_ranges) == {s.seq_id for s in running}
+        self.steps += 1
+        return super().execute(out)
+
+
+request = st.fixed_dictionaries(
+    {
+        "prompt": st.lists(st.integers(0, 3), min_size=1, max_size=20),
+        "max_tokens": st.integers(1, 16),
+        "n": st.sampled_from([1, 1, 2, 3]),
+        "beam": st.booleans(),
+        "arrival": st.integers(0, 6),
+        "use_prefix": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    system=st.sampled_from(["vllm", "vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]),
+    num_gpu_blocks=st.sampled_from([16, 32, 64]),
+    mode=st.sampled_from(["auto", "recompute", "swap"]),
+    caching=st.booleans(),
+    requests=st.lists(request, min_size=1, max_size=10),
+)
+def test_the_scheduler_output_carries_the_policy_state(system, num_gpu_blocks, mode, caching, requests):
+    vllm = system == "vllm"
+    cache = CacheConfig(
+        num_gpu_blocks=num_gpu_blocks,
+        block_size=4,
+        num_cpu_blocks=64,
+        watermark=0.0,
+        enable_prefix_caching=caching and vllm,
+    )
+    sched_cfg = SchedulerConfig(max_num_batched_tokens=64, max_model_len=64, preemption_mode=mode)
+    memory, sched_cfg = build_system(system, cache, sched_cfg)
+    scheduler = Scheduler(sched_cfg, memory)
+    executor = ContractExecutor(memory)
+    engine = Engine(scheduler, executor)
+    prefix = SharedPrefix("p", [1, 2, 3, 1, 2, 3])
+    groups = [
+        SequenceGroup(
+            str(i),
+            (prefix.token_ids if r["use_prefix"] and vllm else []) + r["prompt"],
+            SamplingParams(max_tokens=r["max_tokens"], n=r["n"], use_beam_search=r["beam"], ignore_eos=True),
+            arrival_time=float(r["arrival"]),
+            prefix=prefix if r["use_prefix"] and vllm else None,
+        )
+        for i, r in enumerate(requests)
+    ]
+    engine.run(groups)
+    assert executor.steps == engine.num_executed  # every executed step was checked
+
+
+def test_an_executor_that_reads_no_tables_gets_none():
+    memory, sched_cfg = build_system(
+        "vllm",
+        CacheConfig(num_gpu_blocks=16, block_size=4),
+        SchedulerConfig(max_num_batched_tokens=64, max_model_len=64),
+    )
+    seen = []
+
+    class Recording(NullExecutor):  # needs_block_tables = False, like the simulator's executor
+        def execute(self, out):
+            seen.append(dict(out.block_tables))
+            return super().execute(out)
+
+    groups = [SequenceGroup("a", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))]
+    Engine(Scheduler(sched_cfg, memory), Recording()).run(groups)
+    assert seen and all(tables == {} for tables in seen)
