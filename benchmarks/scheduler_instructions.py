@@ -16,10 +16,12 @@ Needs valgrind (Debian: apt-get install valgrind); slow (about 50x): a few minut
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -51,7 +53,8 @@ def child(repo: str, n: int, steps: int, track_memory: bool, block_tables: bool)
 def count(repo: str, n: int, steps: int, track_memory: bool, block_tables: bool) -> int:
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
     cmd += ["--child", repo, str(n), str(steps), str(int(track_memory)), str(int(block_tables))]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed hash seed: the same work in every run (dict and set orders of str keys).
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     match = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or match is None:
         raise SystemExit(f"valgrind run failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repo", nargs="+", default=["."], help="checkouts to compare (the first is the base)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 256])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--block-tables", action="store_true", help="the scheduler emits block tables")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
@@ -73,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'running':>8} {'acct':>5}{head}  ratios to the base")
     for n in args.sizes:
         for acct in (False, True):
-            per_step = []
-            for repo in repos:
-                base = count(repo, n, 0, acct, args.block_tables)
-                total = count(repo, n, args.steps, acct, args.block_tables)
-                per_step.append((total - base) / args.steps / 1e6)
+            jobs = [(r, n, s, acct, args.block_tables) for r in repos for s in (0, args.steps)]
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # valgrind runs are independent
+                counts = list(pool.map(lambda job: count(*job), jobs))
+            per_step = [(total - base) / args.steps / 1e6 for base, total in zip(counts[::2], counts[1::2])]
             ratios = " ".join(f"{p / per_step[0]:.3f}" for p in per_step[1:])
             cells = "".join(f" {p:>14.3f}" for p in per_step)
             print(f"{n:>8} {str(acct):>5}{cells}  {ratios}", flush=True)
