@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paged.config import PREEMPTION_MODES
+from paged.config import PREEMPTION_MODES, STEP_COMPOSITIONS
 
 # The real backend's KV memory when kv_cache_gib is unset: the hardware presets' capacity is for the
 # paper's GPUs, not for the machine the real model runs on.
@@ -31,6 +31,9 @@ class ServerConfig:
     max_num_seqs: int = 256  # sequences one step may run
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     preemption_mode: str = "auto"  # auto | recompute | swap (section 4.5)
+    # separate: prompt-only or decode-only steps (vLLM v0.1 release); mixed: decodes and new prompts
+    # in one step (the paper's artifact; docs/paper_fidelity.md)
+    step_composition: str = "separate"
     watermark: float = 0.01  # share of blocks kept free when admitting prompts
     enable_prefix_caching: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
@@ -63,6 +66,11 @@ class ServerConfig:
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(
                 f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}"
+            )
+        if self.step_composition not in STEP_COMPOSITIONS:
+            raise ValueError(
+                f"step_composition must be one of {', '.join(STEP_COMPOSITIONS)}, "
+                f"got {self.step_composition!r}"
             )
         if not 0 <= self.watermark < 1:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")

@@ -97,6 +97,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         max_num_seqs=s.max_num_seqs,
         max_model_len=s.max_model_len or model.max_position_embeddings,
         preemption_mode=s.preemption_mode,
+        step_composition=s.step_composition,
     )
     memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, s.ft_batch_size)
     engine = Engine(

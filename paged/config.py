@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREEMPTION_MODES = ("auto", "recompute", "swap")
+STEP_COMPOSITIONS = ("separate", "mixed")
 BATCHING = ("iteration", "request")
 
 
@@ -74,6 +75,10 @@ class SchedulerConfig:
     # iteration: requests join and leave the batch at every step (Orca, vLLM). request: a batch is
     # admitted only when the previous one has entirely finished (FasterTransformer).
     batching: str = "iteration"
+    # separate: a step runs prompts only or decodes only (the vLLM v0.1 release). mixed: every step
+    # decodes each running group and admits new prompts into the same batch, within
+    # max_num_batched_tokens (the paper's artifact, which the paper's figures came from).
+    step_composition: str = "separate"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")
@@ -90,6 +95,10 @@ class SchedulerConfig:
         _require(
             self.preemption_mode in PREEMPTION_MODES,
             f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}",
+        )
+        _require(
+            self.step_composition in STEP_COMPOSITIONS,
+            f"step_composition must be one of {', '.join(STEP_COMPOSITIONS)}, got {self.step_composition!r}",
         )
         _require(
             self.batching in BATCHING,

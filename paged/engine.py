@@ -55,6 +55,7 @@ class Engine:
             executed,
             out.is_prefill,
             len(out.scheduled_groups),
+            len(sched.running),
             out.num_seqs,
             out.num_batched_tokens,
             len(out.preempted),

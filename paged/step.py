@@ -81,7 +81,9 @@ class StepRecord:
     duration_s: float
     executed: bool  # the executor ran (a forward pass, or block operations alone)
     is_prefill: bool
-    num_groups: int  # batched requests (Figure 13)
+    num_groups: int  # groups the step computes (pagelab's Figure 13 count)
+    num_running_groups: int  # groups running after scheduling, new prompts included (the artifact's
+    # Figure 13 count, `len(running)` in its scheduler; equal to num_groups in a decode or mixed step)
     num_seqs: int
     num_tokens: int
     num_preempted: int

@@ -56,6 +56,7 @@ def test_step_metrics_by_hand():
     def step(start, duration, is_prefill, groups, seqs, tokens, preempted, swapped_out, copied, memory):
         return StepRecord(
             start, duration, executed=True, is_prefill=is_prefill, num_groups=groups, num_seqs=seqs,
+            num_running_groups=groups,
             num_tokens=tokens, num_preempted=preempted, num_rejected=0, num_blocks_swapped_out=swapped_out,
             num_blocks_swapped_in=0, num_blocks_copied=copied, finished=[], memory=memory,
         )  # fmt: skip
