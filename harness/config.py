@@ -37,8 +37,12 @@ class WorkloadConf:
     """Which requests arrive (docs/workloads.md)."""
 
     kind: str = "synthetic"  # synthetic | shared_prefix | chatbot | lengths_csv | trace_csv
-    dataset: str = "sharegpt"  # built-in lengths: sharegpt | alpaca | chatbot
+    # sharegpt: the paper's real ShareGPT length pairs (the artifact's file; docs/workloads.md says where
+    # it is looked for); sharegpt_synthetic | alpaca | chatbot: built-in length tables
+    dataset: str = "sharegpt"
     path: str | None = None  # a user's CSV for lengths_csv / trace_csv
+    data_path: str | None = None  # the ShareGPT length-pairs CSV; null: $PAGELAB_DATA, ../shared/data
+    arrivals: str = "default"  # poisson | artifact (Poisson per 10 ms quantum); default: by dataset
     seed: int = 0
     burstiness: float = 1.0  # gamma shape of the gaps; 1 = Poisson
     n: int = 1  # parallel samples, or the beam width with use_beam_search
@@ -68,10 +72,16 @@ class Config:
     tensor_parallel_size: int = 1
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     request_rates: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    # A system's own rate grid, in place of request_rates (the artifact ran one grid per system and
+    # figure: experiments/*.sh); systems not listed use request_rates.
+    rates_by_system: dict[str, list[float]] = field(default_factory=dict)
     duration_s: float = 3600.0  # trace length
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE
     capacity_threshold: float = 0.5  # s/token: capacity is the highest rate below it
     memory_every: int = 4  # Figure 2 accounting every k-th step (an unbiased sample)
+    # [start, end] seconds of the run the artifact-style metrics average over (the artifact's plots cut
+    # e.g. [300, 900] s of a 900 s run: docs/metrics.md); None: the whole run
+    metrics_window_s: list[float] | None = None
     results_dir: str = "results"
     resume: bool = True  # continue the latest unfinished run of the same configuration
     workers: int = 0  # processes running points in parallel; 0: one per CPU core

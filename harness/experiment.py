@@ -16,6 +16,7 @@ from pathlib import Path
 from baselines import SYSTEMS
 from harness.capacity import capacity
 from harness.config import SWEEPABLE, Config
+from harness.metrics import ARTIFACT_COLUMNS, artifact_metrics, check_window, step_series
 from harness.results import (
     POINT_COLUMNS,
     REQUEST_COLUMNS,
@@ -26,6 +27,7 @@ from harness.results import (
     write_csv,
 )
 from harness.simulate import BACKENDS, SimConfig, build, simulate
+from harness.step_series import save_series, series_path
 from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
 
 
@@ -74,6 +76,13 @@ def validate(cfg: Config) -> None:
         raise ExperimentError("systems and request_rates must each list at least one value")
     if any(not r > 0 for r in cfg.request_rates):
         raise ExperimentError(f"request_rates must be positive req/s, got {list(cfg.request_rates)}")
+    for system, rates in cfg.rates_by_system.items():
+        if system not in SYSTEMS:
+            raise ExperimentError(
+                f"rates_by_system names unknown system {system!r}: choose from {', '.join(SYSTEMS)}"
+            )
+        if not rates or any(not r > 0 for r in rates):
+            raise ExperimentError(f"rates_by_system.{system} must list positive req/s, got {list(rates)}")
     if cfg.duration_s <= 0:
         raise ExperimentError(f"duration_s must be positive, got {cfg.duration_s}")
     for key, values in cfg.sweep.items():
@@ -100,8 +109,17 @@ def points(cfg: Config) -> list[Point]:
         Point(system, float(rate), tuple(zip(keys, values)))
         for values in grid
         for system in cfg.systems
-        for rate in cfg.request_rates
+        for rate in rates_for(cfg, system)
     ]
+
+
+def rates_for(cfg: Config, system: str) -> list[float]:
+    """The request rates a system runs at: its own grid if the experiment gives one."""
+    return list(cfg.rates_by_system.get(system) or cfg.request_rates)
+
+
+def all_rates(cfg: Config) -> list[float]:
+    return sorted({r for system in cfg.systems for r in rates_for(cfg, system)})
 
 
 def _apply(cfg: Config, params) -> Config:
@@ -146,12 +164,18 @@ def make_workload(cfg: Config, rate: float) -> Workload:
 
 def sim_config(cfg: Config, system: str) -> SimConfig:
     """One point's run: the experiment's server settings (its `system` node) for one system."""
+    server = cfg.system
+    # FasterTransformer's batch size by model and dataset, where the profile gives one (the artifact
+    # set it by hand per model and dataset; docs/paper_fidelity.md).
+    ft_key = f"{cfg.model.name}/{cfg.workload.dataset}"
+    if server.ft_batch_size is None and ft_key in server.ft_batch_sizes:
+        server = replace(server, ft_batch_size=server.ft_batch_sizes[ft_key])
     return SimConfig(
         system=system,
         model=cfg.model,
         hardware=cfg.hardware,
         tensor_parallel_size=cfg.tensor_parallel_size,
-        server=cfg.system,
+        server=server,
         backend=cfg.backend.name,
         track_memory=True,
         memory_every=cfg.memory_every,
@@ -159,18 +183,23 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
     )
 
 
-def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict]]:
-    """One simulated run: its points.csv row and its per-request records."""
+def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
+    """One simulated run: its points.csv row, its per-request records and its per-step series (the
+    parent process writes them all: a worker does not know the run directory)."""
+    if cfg.metrics_window_s is not None:
+        check_window(cfg.metrics_window_s)  # before the run, not after it
     pcfg = _apply(cfg, point.params)
     workload = make_workload(pcfg, point.rate)
     t0 = time.perf_counter()
     result = simulate(workload, sim_config(pcfg, point.system))
+    series = step_series(result.engine.steps, paged=isinstance(result.engine.scheduler.memory, BlockManager))
     row = {"system": point.system, "request_rate": point.rate, **dict(point.params), **result.metrics}
+    row.update(artifact_metrics(series, cfg.metrics_window_s))
     if cfg.backend.name == "real":
         # The generated tokens themselves, so that runs of different systems can be compared token by token.
         row["output_digest"] = _digest(result.groups)
     row["wall_s"] = time.perf_counter() - t0
-    return row, request_rows(result.groups)
+    return row, request_rows(result.groups), series
 
 
 def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path:
@@ -180,7 +209,7 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
     # Check the first point's setup (model fits the GPU, workload file readable) before writing anything.
     _probe(cfg, grid[0])
     run_dir, resumed = open_run_dir(cfg.results_dir, cfg.name, config_yaml, cfg.resume)
-    base = make_workload(_apply(cfg, grid[0].params), max(cfg.request_rates))
+    base = make_workload(_apply(cfg, grid[0].params), max(all_rates(cfg)))
     if not (run_dir / "workload.jsonl").exists():
         base.save(run_dir / "workload.jsonl")  # the highest rate's trace; lower rates stretch its times
     rows = read_csv(run_dir / "points.csv")
@@ -194,6 +223,7 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             "num_rejected",
             "sharing_saving_pct",
             "kv_free_pct",
+            *ARTIFACT_COLUMNS,
             "num_steps",
             "num_gpu_blocks",
             "kv_slots",
@@ -216,7 +246,13 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
 
         bar = tqdm(total=len(grid), initial=len(grid) - len(todo), unit="point", desc=cfg.name)
 
-    def finish(point: Point, row: dict, requests: list[dict]) -> None:
+    def finish(point: Point, row: dict, requests: list[dict], series: dict) -> None:
+        # Series and requests before the row: a point in points.csv has all its files (resume skips it).
+        save_series(
+            series_path(run_dir, point.slug),
+            series,
+            {"system": point.system, "request_rate": point.rate, **dict(point.params)},
+        )
         write_csv(run_dir / "requests" / f"{point.slug}.csv", requests, REQUEST_COLUMNS)
         rows.append({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
         write_csv(run_dir / "points.csv", rows, columns)
@@ -321,12 +357,13 @@ def _round(x: float) -> float:
 def capacity_text(table: list[dict], cfg: Config, run_dir: Path) -> str:
     """The capacity table as printed at the end of a run."""
     keys = list(cfg.sweep)
-    lo, hi = min(cfg.request_rates), max(cfg.request_rates)
     vllm = {tuple(str(t[k]) for k in keys): t["capacity_rps"] for t in table if t["system"] == "vllm"}
     lines = [f"\ncapacity: highest rate with normalized latency below {cfg.capacity_threshold} s/token"]
     for t in table:
         extra = " ".join(f"{k}={t[k]}" for k in keys)
         cap = t["capacity_rps"]
+        rates = rates_for(cfg, t["system"])
+        lo, hi = min(rates), max(rates)
         ref = vllm.get(tuple(str(t[k]) for k in keys))
         if cap == 0:
             text = f"< {lo:g} req/s (above the threshold at the lowest rate measured)"

@@ -9,13 +9,15 @@ the rest of the harness, so every one of those can import it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from paged.config import PREEMPTION_MODES, STEP_COMPOSITIONS
 
 # The real backend's KV memory when kv_cache_gib is unset: the hardware presets' capacity is for the
 # paper's GPUs, not for the machine the real model runs on.
 REAL_KV_CACHE_GIB = 0.25
+KV_SIZING = ("profiled", "artifact")
 
 
 @dataclass
@@ -40,6 +42,16 @@ class ServerConfig:
     # KV cache memory per GPU instead of what kv_capacity computes from the hardware preset; None:
     # computed (sim backend) or REAL_KV_CACHE_GIB (real backend).
     kv_cache_gib: float | None = None
+    # How the activation peak subtracted from the KV budget is estimated (harness/sim/kv_capacity.py):
+    # profiled: vLLM v0's profiling pass, sampler buffers for max_num_seqs included; artifact: the
+    # paper's artifact's closed-form memory analyzer, which does not grow with max_num_seqs.
+    kv_sizing: str = "profiled"
+    # FasterTransformer's batch size per "<model preset name>/<dataset>" (the artifact set them by hand
+    # per model and dataset); used where ft_batch_size is null and the key matches.
+    ft_batch_sizes: dict[str, int] = field(default_factory=dict)
+    # Settings that differ by system, applied over the rest for that system only: for example
+    # {orca_max: {max_num_seqs: 256}}. Keys are system names, values ServerConfig fields.
+    by_system: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def positive(name: str, value, hint: str = "") -> None:
@@ -72,5 +84,23 @@ class ServerConfig:
                 f"step_composition must be one of {', '.join(STEP_COMPOSITIONS)}, "
                 f"got {self.step_composition!r}"
             )
+        if self.kv_sizing not in KV_SIZING:
+            raise ValueError(f"kv_sizing must be one of {', '.join(KV_SIZING)}, got {self.kv_sizing!r}")
+        names = {f.name for f in fields(self)} - {"by_system"}
+        for system, overrides in self.by_system.items():
+            unknown = set(overrides) - names
+            if unknown:
+                raise ValueError(
+                    f"by_system.{system} sets unknown setting(s) {sorted(unknown)}; "
+                    f"settable: {', '.join(sorted(names))}"
+                )
         if not 0 <= self.watermark < 1:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+
+
+def for_system(server: ServerConfig, system: str) -> ServerConfig:
+    """The settings one system runs with: `server` with its `by_system[system]` entries applied."""
+    overrides = server.by_system.get(system)
+    if not overrides:
+        return server
+    return replace(server, **dict(overrides), by_system={})

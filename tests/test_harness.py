@@ -44,6 +44,14 @@ def test_the_paper_presets_exist():
         "block_size_sweep",
         "swap_vs_recompute",
         "smoke",
+        "memory_waste",
+        "batched_requests",
+        "batched_requests_alpaca",
+        "sharing_parallel",
+        "sharing_beam",
+        "block_size_alpaca",
+        *(f"parallel_n{n}" for n in (2, 4, 6)),
+        *(f"beam_n{n}" for n in (2, 4, 6)),
     }
     assert expected <= set(EXPERIMENTS)
 
@@ -53,9 +61,8 @@ def test_every_preset_composes_and_is_possible(exp):
     cfg, _ = load(f"exp={exp}")
     assert cfg.name == exp
     validate(cfg)
-    assert len(points(cfg)) == len(cfg.systems) * len(cfg.request_rates) * math.prod(
-        len(v) for v in cfg.sweep.values()
-    )
+    per_grid = sum(len(cfg.rates_by_system.get(s) or cfg.request_rates) for s in cfg.systems)
+    assert len(points(cfg)) == per_grid * math.prod(len(v) for v in cfg.sweep.values())
     from harness.experiment import _probe
 
     _probe(cfg, points(cfg)[0])  # the model fits the hardware, the workload builds

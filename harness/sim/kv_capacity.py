@@ -59,6 +59,18 @@ def activation_peak_bytes(model: ModelSpec, tp: int, max_num_batched_tokens: int
     return max_num_batched_tokens * per_token * model.dtype_bytes + sampler
 
 
+def artifact_activation_bytes(model: ModelSpec, tp: int, max_num_batched_tokens: int) -> int:
+    """The paper's artifact's estimate of the activation peak (its memory analyzer, closed form, no
+    profiling): twice the larger of the QKV output and the MLP's intermediate tensors, plus the
+    residual, or the step's logits if larger; nothing per sequence, so it does not grow with max_num_seqs."""
+    n = max_num_batched_tokens
+    residual = n * model.hidden_size
+    qkv = 3 * n * model.hidden_size // tp
+    mlp = (model.num_mlp_matrices - 1) * n * model.mlp_width // tp  # OPT: fc1; LLaMA: gate and up
+    logits = 2 * n * model.vocab_size
+    return max(2 * (max(qkv, mlp) + residual), logits) * model.dtype_bytes
+
+
 def kv_capacity(
     model: ModelSpec, gpu: GPUSpec, server: ServerConfig | None = None, tp: int = 1
 ) -> KVCapacity:
@@ -72,7 +84,10 @@ def kv_capacity(
         )
     budget = int(s.gpu_memory_utilization * gpu.memory_bytes)
     weights = model.weight_bytes // tp
-    activations = activation_peak_bytes(model, tp, s.max_num_batched_tokens, s.max_num_seqs)
+    if s.kv_sizing == "artifact":
+        activations = artifact_activation_bytes(model, tp, s.max_num_batched_tokens)
+    else:
+        activations = activation_peak_bytes(model, tp, s.max_num_batched_tokens, s.max_num_seqs)
     reserve = int(s.runtime_reserve_gib * GIB)
     kv = budget - weights - activations - reserve
     block_bytes = model.kv_bytes_per_block(s.block_size, tp=tp)
