@@ -22,8 +22,9 @@ KV_SIZING = ("profiled", "artifact")
 
 @dataclass
 class ServerConfig:
-    """Engine and memory settings shared by every system. Defaults: vLLM's settings at the time of
-    the paper (harness/conf/system/paper.yaml says where each comes from)."""
+    """Engine and memory settings shared by every system. Defaults: vLLM's v0.1 release
+    (harness/conf/system/vllm_v01.yaml says where each comes from); the paper's artifact differs in the
+    settings harness/conf/system/paper.yaml sets (docs/paper_fidelity.md)."""
 
     block_size: int = 16  # tokens per KV block (section 4.2)
     gpu_memory_utilization: float = 0.95  # share of each GPU's memory for weights, activations, KV

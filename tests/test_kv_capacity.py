@@ -105,3 +105,39 @@ def test_every_model_preset_loads_by_its_own_name_from_the_package():
     for path in files:
         spec = load_model(str(path))
         assert load_model(spec.name) == spec  # "opt-1.3b" as well as "opt-13b"
+
+
+def test_artifact_sizing():
+    """system=paper's KV sizing: the artifact's closed-form activation estimate by hand for OPT-13B
+    (the step's fp16 logits, 2 x 2560 x 50272 values, exceed the layer activations), a 1 GiB
+    workspace, and no term that grows with max_num_seqs."""
+    model, gpu = load_model("opt-13b"), load_hardware("a100-40gb")
+    paper = ServerConfig(kv_sizing="artifact", runtime_reserve_gib=1.0, max_num_seqs=2048)
+    cap = kv_capacity(model, gpu, paper)
+    assert cap.activation_bytes == 2 * 2560 * model.vocab_size * 2
+    assert cap.reserve_bytes == 2**30
+    assert cap.num_gpu_blocks == (cap.budget_bytes - cap.weight_bytes - cap.activation_bytes - 2**30) // (
+        cap.block_bytes
+    )
+    assert [
+        kv_capacity(load_model(m), load_hardware(g), paper, tp).num_gpu_blocks
+        for m, g, tp in [
+            ("opt-13b", "a100-40gb", 1),
+            ("opt-66b", "a100-40gb", 4),
+            ("opt-175b", "a100-80gb", 8),
+        ]
+    ] == [1030, 673, 3853]  # docs/simulator.md
+    assert kv_capacity(model, gpu, ServerConfig(kv_sizing="artifact", max_num_seqs=256)).activation_bytes == (
+        cap.activation_bytes
+    )
+    # vLLM v0.1's profiled sizing does grow with max_num_seqs (the sampler's buffers).
+    assert kv_capacity(model, gpu, ServerConfig(max_num_seqs=2048)).num_gpu_blocks < 987
+
+
+def test_settings_by_system():
+    from harness.server import for_system
+
+    s = ServerConfig(max_num_seqs=2048, by_system={"orca_max": {"max_num_seqs": 256}})
+    assert for_system(s, "orca_max").max_num_seqs == 256 and for_system(s, "vllm").max_num_seqs == 2048
+    with pytest.raises(ValueError, match="max_num_seq.*settable"):
+        ServerConfig(by_system={"orca_max": {"max_num_seq": 256}})
