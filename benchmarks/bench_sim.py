@@ -51,9 +51,9 @@ def run(args, track_memory: bool) -> dict:
 # The paper's Figure 12 panels: (dataset, model, GPU, TP, trace seconds, 8 request rates spanning each
 # panel from light load to past vLLM's capacity in this simulator).
 PANELS = [
-    ("sharegpt", "opt-13b", "a100-40gb", 1, 3600, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
-    ("sharegpt", "opt-66b", "a100-40gb", 4, 3600, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]),
-    ("sharegpt", "opt-175b", "a100-80gb", 8, 900, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
+    ("sharegpt_synthetic", "opt-13b", "a100-40gb", 1, 3600, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
+    ("sharegpt_synthetic", "opt-66b", "a100-40gb", 4, 3600, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]),
+    ("sharegpt_synthetic", "opt-175b", "a100-80gb", 8, 900, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2]),
     ("alpaca", "opt-13b", "a100-40gb", 1, 3600, [4, 8, 12, 16, 20, 24, 28, 32]),
     ("alpaca", "opt-66b", "a100-40gb", 4, 3600, [2, 4, 6, 8, 10, 12, 14, 16]),
     ("alpaca", "opt-175b", "a100-80gb", 8, 900, [4, 8, 12, 16, 20, 24, 28, 32]),

@@ -179,7 +179,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", nargs="+", default=["pagelab", "hf"], choices=["pagelab", "hf", "vllm"])
     ap.add_argument("--model", default="opt-125m", help="a preset (random weights) or a model directory")
-    ap.add_argument("--dataset", default="sharegpt", choices=["sharegpt", "alpaca", "chatbot"])
+    ap.add_argument(
+        "--dataset", default="sharegpt_synthetic", choices=["sharegpt_synthetic", "alpaca", "chatbot"]
+    )
     ap.add_argument("--num-requests", type=int, default=200)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])

@@ -171,7 +171,7 @@ def add_run_arguments(ap, rate: float = 2.0) -> None:
     ap.add_argument("--model", default="opt-13b")
     ap.add_argument("--hardware", default="a100-40gb")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    ap.add_argument("--dataset", default="sharegpt", choices=BUILTIN)
+    ap.add_argument("--dataset", default="sharegpt_synthetic", choices=BUILTIN)
     ap.add_argument("--rate", type=float, default=rate, help="requests per second (Poisson)")
     ap.add_argument("--duration", type=float, default=3600.0, help="trace length in seconds")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,12 @@
 """Workloads: which requests arrive when, with how many prompt and output tokens.
 
 A `Workload` is a list of `Request`s with a fixed seed, saved as JSON lines so every system replays
-exactly the same requests. Lengths come from built-in distributions derived from real traces
-(harness/data/length_tables.json, made by scripts/derive_length_tables.py; docs/workloads.md) or from a
-user's own files; arrivals are Poisson or gamma (vLLM's burstiness). Outputs ignore EOS: each request
-generates exactly its trace's output length, as in vLLM's benchmarks and the paper.
+exactly the same requests. Lengths come from the paper artifact's real ShareGPT pairs
+(`sharegpt`, sampled exactly as the artifact's trace generator does: harness/datasets.py), from built-in
+distributions derived from real traces (harness/data/length_tables.json, made by
+scripts/derive_length_tables.py; docs/workloads.md) or from a user's own files; arrivals are the
+artifact's Poisson process per 10 ms, or Poisson / gamma gaps (vLLM's burstiness). Outputs ignore EOS:
+each request generates exactly its trace's output length, as in vLLM's benchmarks and the paper.
 """
 
 from __future__ import annotations
@@ -19,15 +21,33 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.datasets import (
+    ARTIFACT_SHAREGPT,
+    ETALON_SHAREGPT,
+    SHAREGPT_HINT,
+    WorkloadError,
+    artifact_arrival_times,
+    artifact_chat_requests,
+    artifact_sample,
+    file_sha256,
+    find_data_file,
+    read_conversations,
+    read_length_pairs,
+)
 from harness.results import atomic_open
 from paged import SamplingParams, SequenceGroup, SharedPrefix
 
+__all__ = ["WorkloadError"]  # defined in harness.datasets, raised by both
+
 TABLES_FILE = Path(__file__).parent / "data" / "length_tables.json"
-BUILTIN = ("sharegpt", "alpaca", "chatbot")
-
-
-class WorkloadError(ValueError):
-    """A malformed workload file or an impossible workload setting."""
+# Dataset names. `sharegpt`: the artifact's real length pairs (a data file, harness/datasets.py). The
+# others are quantile tables drawn independently (the key is the table's name in TABLES_FILE).
+TABLE_KEY = {"sharegpt_synthetic": "sharegpt", "alpaca": "alpaca", "chatbot": "chatbot"}
+DATASETS = ("sharegpt", *TABLE_KEY)
+BUILTIN = DATASETS  # the name the CLIs use for their --dataset choices
+# default: the artifact's arrivals for `sharegpt` (its trace, request for request), Poisson gaps for the
+# tables (a rate sweep replays the same requests, only closer together).
+ARRIVALS = ("default", "poisson", "artifact")
 
 
 @dataclass
@@ -145,18 +165,23 @@ def vllm_filter(prompt: np.ndarray, output: np.ndarray, min_len: int = 4) -> np.
 
 # vLLM's filter comes from its ShareGPT benchmark; the paper's Alpaca statistics (and the chatbot
 # setup) keep short outputs, so those only get the length caps.
-MIN_LEN = {"sharegpt": 4, "alpaca": 1, "chatbot": 1}
+MIN_LEN = {"sharegpt_synthetic": 4, "alpaca": 1, "chatbot": 1}
 
 
 def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """num (prompt, output) length pairs from a built-in distribution, after its filter. Candidates are
+    """num (prompt, output) length pairs from a built-in table, after its filter. Candidates are
     drawn in fixed-size batches, so the first k pairs do not depend on num: a longer trace extends a
     shorter one with the same seed."""
-    if dataset not in BUILTIN:
-        raise WorkloadError(f"unknown built-in dataset {dataset!r}: choose one of {', '.join(BUILTIN)}")
+    if dataset == "sharegpt":
+        raise WorkloadError(
+            "sharegpt is the artifact's length pairs, sampled as a trace (synthetic('sharegpt', ...) or "
+            "harness.datasets.artifact_sample); for independent draws use sharegpt_synthetic"
+        )
+    if dataset not in TABLE_KEY:
+        raise WorkloadError(f"unknown built-in dataset {dataset!r}: choose one of {', '.join(TABLE_KEY)}")
     t = _tables()
     q = np.asarray(t["quantiles"])
-    table = t[dataset]
+    table = t[TABLE_KEY[dataset]]
     prompts, outputs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     have = 0
     while have < num:
@@ -170,6 +195,33 @@ def sample_lengths(dataset: str, num: int, rng: np.random.Generator) -> tuple[np
 
 
 # ---------------------------------------------------------------------- generators
+def resolve_arrivals(dataset: str, arrivals: str) -> str:
+    """ "default" -> "artifact" for sharegpt, "poisson" for the tables; anything else is checked."""
+    if arrivals not in ARRIVALS:
+        raise WorkloadError(f"unknown arrivals {arrivals!r}: choose one of {', '.join(ARRIVALS)}")
+    if arrivals == "default":
+        return "artifact" if dataset == "sharegpt" else "poisson"
+    return arrivals
+
+
+def _times(arrivals: str, rate: float, duration_s: float, seed: int, burstiness: float) -> np.ndarray:
+    if arrivals == "artifact":
+        if rate <= 0 or not math.isfinite(rate):
+            raise WorkloadError(f"request rate must be a positive number of requests/s, got {rate}")
+        if burstiness != 1.0:
+            raise WorkloadError(
+                f"arrivals='artifact' is a Poisson process (burstiness 1), got burstiness={burstiness}; "
+                "use arrivals='poisson' for gamma gaps"
+            )
+        return artifact_arrival_times(rate, duration_s, seed)
+    # Separate streams for times and lengths: request i has the same lengths at every rate.
+    return arrival_times(rate, duration_s, np.random.default_rng([seed, 1]), burstiness)
+
+
+def _data_meta(path: Path) -> dict:
+    return dict(data_file=str(path.resolve()), data_sha256=file_sha256(path))
+
+
 def synthetic(
     dataset: str = "sharegpt",
     rate: float = 1.0,
@@ -179,19 +231,26 @@ def synthetic(
     n: int = 1,
     use_beam_search: bool = False,
     num_requests: int | None = None,
+    data_path: str | Path | None = None,
+    arrivals: str = "default",
 ) -> Workload:
-    """Requests with built-in lengths arriving at `rate` for `duration_s` seconds (or, with
-    num_requests, exactly that many, all at t=0: vLLM's offline throughput setting)."""
-    # Separate streams for times and lengths: request i has the same lengths at every rate.
-    if num_requests is not None:
-        times = np.zeros(num_requests)
-    else:
-        times = arrival_times(rate, duration_s, np.random.default_rng([seed, 1]), burstiness)
-    prompts, outputs = sample_lengths(dataset, len(times), np.random.default_rng([seed, 2]))
-    requests = [
-        Request(str(i), float(t), int(p), int(o), n=n, use_beam_search=use_beam_search)
-        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
-    ]
+    """Requests of `dataset` arriving at `rate` for `duration_s` seconds (or, with num_requests, exactly
+    that many, all at t=0: vLLM's offline throughput setting).
+
+    dataset: "sharegpt" (the artifact's real pairs: prompt + output < 2048, the first N in file order,
+    shuffled with the seed; the file is found from data_path, $PAGELAB_DATA or ../shared/data), or a
+    table: "sharegpt_synthetic", "alpaca", "chatbot" (independent draws; data_path must be None).
+    arrivals: "artifact" (Poisson per 10 ms quantum, numpy's legacy RandomState(seed), as the artifact),
+    "poisson" (gamma gaps of shape `burstiness`; 1 = exponential), or "default" (artifact for sharegpt,
+    poisson for the tables)."""
+    if dataset not in DATASETS:
+        raise WorkloadError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    arrivals = resolve_arrivals(dataset, arrivals)
+    times = (
+        np.zeros(num_requests)
+        if num_requests is not None
+        else _times(arrivals, rate, duration_s, seed, burstiness)
+    )
     meta = dict(
         kind="synthetic",
         dataset=dataset,
@@ -199,10 +258,27 @@ def synthetic(
         duration_s=duration_s,
         seed=seed,
         burstiness=burstiness,
+        arrivals="all at t=0" if num_requests is not None else arrivals,
         n=n,
         use_beam_search=use_beam_search,
         num_requests=num_requests,
     )
+    if dataset == "sharegpt":
+        path = find_data_file(ARTIFACT_SHAREGPT, data_path, SHAREGPT_HINT)
+        lens = artifact_sample(read_length_pairs(path), len(times), seed)
+        prompts, outputs = lens[:, 0], lens[:, 1]
+        meta.update(
+            _data_meta(path), sampling="artifact: prompt + output < 2048, first N in file order, shuffled"
+        )
+    else:
+        if data_path is not None:
+            raise WorkloadError(f"dataset {dataset!r} is a built-in table; data_path applies to sharegpt")
+        prompts, outputs = sample_lengths(dataset, len(times), np.random.default_rng([seed, 2]))
+        meta.update(_data_meta(TABLES_FILE), sampling=f"independent draws from table {TABLE_KEY[dataset]!r}")
+    requests = [
+        Request(str(i), float(t), int(p), int(o), n=n, use_beam_search=use_beam_search)
+        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
+    ]
     return Workload(requests, meta)
 
 
@@ -212,11 +288,13 @@ def shared_prefix(
     duration_s: float = 3600.0,
     seed: int = 0,
     task_dataset: str = "alpaca",
+    data_path: str | Path | None = None,
+    arrivals: str = "default",
 ) -> Workload:
     """The paper's shared-prefix workload (section 6.4): every prompt starts with the same prefix
     (instruction plus examples: 80 tokens one-shot, 341 five-shot) followed by its own task. The paper's
     WMT16 sentence lengths are not given; task input and output lengths follow `task_dataset`."""
-    w = synthetic(task_dataset, rate, duration_s, seed)
+    w = synthetic(task_dataset, rate, duration_s, seed, data_path=data_path, arrivals=arrivals)
     for r in w.requests:
         r.prompt_len += prefix_len
         r.prefix_id, r.prefix_len = f"prefix{prefix_len}", prefix_len
@@ -224,12 +302,44 @@ def shared_prefix(
     return w
 
 
-def chatbot(rate: float = 1.0, duration_s: float = 3600.0, seed: int = 0) -> Workload:
+def chatbot(
+    rate: float = 1.0,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    new_conversation_prob: float | None = None,
+    data_path: str | Path | None = None,
+    arrivals: str = "default",
+) -> Workload:
     """The paper's chatbot workload: prompts are ShareGPT conversation histories cut to their last 1024
-    tokens, outputs capped at 1024; no KV kept between rounds."""
-    w = synthetic("chatbot", rate, duration_s, seed)
-    w.meta.update(kind="chatbot")
-    return w
+    tokens; no KV kept between rounds.
+
+    new_conversation_prob None: independent draws from the `chatbot` table (outputs capped at 1024;
+    data_path must be None). A probability: the artifact's multi-turn trace (0.5 for vLLM, 0.1 for Orca
+    in its scripts) over the conversations of etalon's multi-turn ShareGPT statistics (found like
+    sharegpt's file; outputs capped at 1016): harness.datasets.artifact_chat_requests."""
+    if new_conversation_prob is None:
+        if data_path is not None:
+            raise WorkloadError("chatbot: data_path needs new_conversation_prob (the multi-turn trace)")
+        w = synthetic("chatbot", rate, duration_s, seed, arrivals=arrivals)
+        w.meta.update(kind="chatbot", new_conversation_prob=None)
+        return w
+    arrivals = resolve_arrivals("sharegpt", arrivals)  # the artifact's trace: its arrivals by default
+    times = _times(arrivals, rate, duration_s, seed, 1.0)
+    path = find_data_file(ETALON_SHAREGPT, data_path)
+    turns = artifact_chat_requests(read_conversations(path), len(times), seed, new_conversation_prob)
+    requests = [Request(str(i), float(t), p, o) for i, (t, (p, o, _, _)) in enumerate(zip(times, turns))]
+    meta = dict(
+        kind="chatbot",
+        dataset="chatbot_multiturn",
+        rate=rate,
+        duration_s=duration_s,
+        seed=seed,
+        arrivals=arrivals,
+        new_conversation_prob=new_conversation_prob,
+        **_data_meta(path),
+        sampling="artifact: conversations in file order, shuffled; history cut to 1024, output to 1016",
+    )
+    return Workload(requests, meta)
 
 
 # ---------------------------------------------------------------------- a user's files

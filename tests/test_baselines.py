@@ -183,7 +183,7 @@ def test_fastertransformer_holds_memory_until_the_batch_ends():
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "sharegpt.jsonl"
-    synthetic("sharegpt", rate=1.5, duration_s=120, seed=3).save(path)
+    synthetic("sharegpt_synthetic", rate=1.5, duration_s=120, seed=3).save(path)
     return path
 
 

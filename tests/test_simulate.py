@@ -14,7 +14,7 @@ from paged import BlockManager, Scheduler
 
 
 def test_one_minute_of_sharegpt_on_opt13b():
-    w = synthetic("sharegpt", rate=2.0, duration_s=60, seed=0)
+    w = synthetic("sharegpt_synthetic", rate=2.0, duration_s=60, seed=0)
     r = simulate(w, SimConfig())
     m = r.metrics
     assert isinstance(r.engine.scheduler, Scheduler) and isinstance(r.engine.scheduler.memory, BlockManager)
@@ -30,8 +30,8 @@ def test_one_minute_of_sharegpt_on_opt13b():
 
 
 def test_latency_grows_with_load():
-    low = simulate(synthetic("sharegpt", 0.5, 120, seed=1)).metrics["normalized_latency"]
-    high = simulate(synthetic("sharegpt", 8.0, 120, seed=1)).metrics["normalized_latency"]
+    low = simulate(synthetic("sharegpt_synthetic", 0.5, 120, seed=1)).metrics["normalized_latency"]
+    high = simulate(synthetic("sharegpt_synthetic", 8.0, 120, seed=1)).metrics["normalized_latency"]
     assert high > 2 * low
 
 
@@ -61,6 +61,6 @@ def test_shared_prefix_is_computed_once():
 
 
 def test_no_requests_gives_empty_metrics():
-    w = synthetic("sharegpt", 0.001, 1, seed=0)
+    w = synthetic("sharegpt_synthetic", 0.001, 1, seed=0)
     m = simulate(w).metrics
     assert m["num_requests"] == 0 and math.isnan(m["normalized_latency"])

@@ -22,7 +22,7 @@ from harness.workload import (
 
 
 @pytest.mark.parametrize(
-    "dataset, prompt_mean, output_mean", [("sharegpt", 161.31, 337.99), ("alpaca", 19.31, 58.45)]
+    "dataset, prompt_mean, output_mean", [("sharegpt_synthetic", 161.31, 337.99), ("alpaca", 19.31, 58.45)]
 )
 def test_builtin_means_match_the_paper_within_5_percent(dataset, prompt_mean, output_mean):
     p, o = sample_lengths(dataset, 50_000, np.random.default_rng(1))
@@ -31,7 +31,7 @@ def test_builtin_means_match_the_paper_within_5_percent(dataset, prompt_mean, ou
 
 
 def test_sharegpt_lengths_pass_vllms_filter():
-    p, o = sample_lengths("sharegpt", 20_000, np.random.default_rng(2))
+    p, o = sample_lengths("sharegpt_synthetic", 20_000, np.random.default_rng(2))
     assert p.min() >= 4 and o.min() >= 4 and p.max() <= 1024 and (p + o).max() <= 2048
 
 
@@ -54,8 +54,13 @@ def test_poisson_and_gamma_arrivals():
 
 
 def test_same_seed_same_workload_and_it_round_trips(tmp_path):
-    a, b = synthetic("sharegpt", 2.0, 300, seed=7), synthetic("sharegpt", 2.0, 300, seed=7)
-    assert a.requests == b.requests and a.requests != synthetic("sharegpt", 2.0, 300, seed=8).requests
+    a, b = (
+        synthetic("sharegpt_synthetic", 2.0, 300, seed=7),
+        synthetic("sharegpt_synthetic", 2.0, 300, seed=7),
+    )
+    assert (
+        a.requests == b.requests and a.requests != synthetic("sharegpt_synthetic", 2.0, 300, seed=8).requests
+    )
     path = tmp_path / "w.jsonl"
     a.save(path)
     assert Workload.load(path).requests == a.requests
@@ -135,7 +140,10 @@ def test_workload_file_errors_name_the_line(tmp_path):
 
 
 def test_a_faster_rate_replays_the_same_requests_closer_together():
-    slow, fast = synthetic("sharegpt", 1.0, 600, seed=5), synthetic("sharegpt", 2.0, 600, seed=5)
+    slow, fast = (
+        synthetic("sharegpt_synthetic", 1.0, 600, seed=5),
+        synthetic("sharegpt_synthetic", 2.0, 600, seed=5),
+    )
     assert len(fast) > len(slow)
     for a, b in zip(slow.requests, fast.requests):
         assert (a.prompt_len, a.output_len) == (b.prompt_len, b.output_len)

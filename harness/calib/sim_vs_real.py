@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hardware", required=True, help="the preset harness.calib.profile wrote (YAML path)")
     ap.add_argument("--model", default="opt-125m")
     ap.add_argument("--system", default="vllm")
-    ap.add_argument("--dataset", default="sharegpt")
+    ap.add_argument("--dataset", default="sharegpt_synthetic")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--kv-cache-gib", type=float, default=1.0)
