@@ -48,6 +48,12 @@ class WorkloadConf:
     n: int = 1  # parallel samples, or the beam width with use_beam_search
     use_beam_search: bool = False
     prefix_len: int = 0  # shared_prefix: tokens every prompt starts with
+    # chatbot: null keeps the built-in table; a probability builds multi-turn histories as the artifact
+    # did, each request starting a new conversation with this probability (docs/workloads.md)
+    new_conversation_prob: float | None = None
+    # Workload settings that differ by system, over the rest: the artifact's chatbot runs used a new-
+    # conversation probability of 0.5 for vLLM and 0.1 for Orca. Keys are system names.
+    by_system: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
