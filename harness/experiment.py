@@ -29,6 +29,7 @@ from harness.results import (
 from harness.simulate import BACKENDS, SimConfig, build, simulate
 from harness.step_series import save_series, series_path
 from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
+from paged.block_manager import BlockManager
 
 
 class ExperimentError(ValueError):

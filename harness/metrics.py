@@ -77,29 +77,195 @@ def request_metrics(groups: list[SequenceGroup]) -> dict:
     return out
 
 
-def step_metrics(steps: list[StepRecord]) -> dict:
-    """Per-step metrics. Steps and batch sizes count the steps that ran (`executed`); preemptions and
-    swapped blocks count every step, so they equal the scheduler's own counters."""
-    out: dict = {}
-    ran = [s for s in steps if s.executed]
-    out["num_steps"] = len(ran)
-    out["avg_batched_requests"] = float(np.mean([s.num_groups for s in ran])) if ran else 0.0
-    out["num_preemptions"] = int(sum(s.num_preempted for s in steps))
-    out["num_swapped_blocks"] = int(sum(s.num_blocks_swapped_out for s in steps))
-    sampled = [s for s in steps if s.memory is not None]
-    if sampled:
-        weights = np.array([s.duration_s for s in sampled])
+# The per-step record as columns: what step_metrics and the artifact-style variants read, and what a
+# run keeps in steps/<point>.npz (harness/step_series.py). Memory columns are NaN on steps without a
+# Figure 2 sample (`memory_every`).
+STEP_COUNTS = (
+    "num_groups",
+    "num_running_groups",
+    "num_seqs",
+    "num_tokens",
+    "num_preempted",
+    "num_rejected",
+    "num_finished",
+    "num_blocks_swapped_out",
+    "num_blocks_swapped_in",
+    "num_blocks_copied",
+)
+MEMORY_COLUMNS = (  # token slots of MemoryUsage, in KV_CLASSES order, then its block counts
+    "mem_token_states",
+    "mem_reservation",
+    "mem_internal_frag",
+    "mem_external_frag",
+    "mem_free",
+    "logical_blocks",
+    "physical_blocks",
+)
+ARTIFACT_COLUMNS = (
+    "batched_requests_artifact",
+    "kv_token_states_pct_artifact",
+    "kv_reservation_pct_artifact",
+    "kv_internal_frag_pct_artifact",
+    "kv_external_frag_pct_artifact",
+    "sharing_saving_pct_artifact",
+)
+
+
+def step_series(steps: list[StepRecord], paged: bool = False) -> dict[str, np.ndarray]:
+    """The steps as columns (docs/metrics.md, "Per-step series"). `paged`: the memory policy is the
+    paged block manager (the artifact's Figure 2 rule for vLLM needs to know).
+
+    `num_running_groups` here is the count when the step was scheduled, new prompts included (the
+    artifact's `len(running)`): the engine reads it after post-processing, when the groups that
+    finished in the step have left, so they are added back (`num_finished`: completed groups, not
+    rejected ones, which never ran)."""
+    n = len(steps)
+    start = np.empty(n)
+    duration = np.empty(n)
+    executed = np.empty(n, dtype=bool)
+    is_prefill = np.empty(n, dtype=bool)
+    counts = np.zeros((len(STEP_COUNTS), n), dtype=np.int64)
+    memory = np.full((len(MEMORY_COLUMNS), n), np.nan)
+    for i, s in enumerate(steps):
+        start[i] = s.start_time
+        duration[i] = s.duration_s
+        executed[i] = s.executed
+        is_prefill[i] = s.is_prefill
+        num_finished = sum(1 for g in s.finished if g.reject_reason is None)
+        counts[:, i] = (
+            s.num_groups,
+            s.num_running_groups + num_finished,
+            s.num_seqs,
+            s.num_tokens,
+            s.num_preempted,
+            s.num_rejected,
+            num_finished,
+            s.num_blocks_swapped_out,
+            s.num_blocks_swapped_in,
+            s.num_blocks_copied,
+        )
+        m = s.memory
+        if m is not None:
+            memory[:, i] = (
+                m.token_states,
+                m.reservation,
+                m.internal_fragmentation,
+                m.external_fragmentation,
+                m.free,
+                m.logical_blocks,
+                m.physical_blocks,
+            )
+    series = {"start_time": start, "duration_s": duration, "executed": executed, "is_prefill": is_prefill}
+    series.update(zip(STEP_COUNTS, counts))
+    series.update(zip(MEMORY_COLUMNS, memory))
+    series["paged"] = np.array(paged)
+    return series
+
+
+def window_mask(
+    series: dict[str, np.ndarray], window: list[float] | tuple[float, float] | None
+) -> np.ndarray:
+    """The steps whose start time lies in [t0, t1] (both ends included, as the artifact's plot scripts
+    cut their time series); None: every step."""
+    start = series["start_time"]
+    if window is None:
+        return np.ones(len(start), dtype=bool)
+    t0, t1 = check_window(window)
+    return (start >= t0) & (start <= t1)
+
+
+def check_window(window) -> tuple[float, float]:
+    """[t0, t1] in seconds of the run, t0 <= t1; raises ValueError naming the fix otherwise."""
+    try:
+        t0, t1 = (float(t) for t in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"a metrics window is [start, end] in seconds, got {window!r}") from None
+    if not t0 <= t1:
+        raise ValueError(f"a metrics window needs start <= end, got [{t0:g}, {t1:g}]")
+    return t0, t1
+
+
+def _memory_pct(series: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """[steps, 5]: the Figure 2 classes in % of the KV space, on the sampled steps of `mask`."""
+    slots = np.stack([series[c][mask] for c in MEMORY_COLUMNS[:5]], axis=1)
+    total = slots.sum(axis=1, keepdims=True)  # MemoryUsage.check: the classes sum to the total
+    return 100.0 * slots / np.where(total > 0, total, 1.0)
+
+
+def series_step_metrics(series: dict[str, np.ndarray], window: list[float] | None = None) -> dict:
+    """pagelab's own per-step metrics (docs/metrics.md) over the steps starting in `window`."""
+    in_window = window_mask(series, window)
+    ran = series["executed"] & in_window
+    out: dict = {"num_steps": int(ran.sum())}
+    out["avg_batched_requests"] = float(np.mean(series["num_groups"][ran])) if ran.any() else 0.0
+    out["num_preemptions"] = int(series["num_preempted"][in_window].sum())
+    out["num_swapped_blocks"] = int(series["num_blocks_swapped_out"][in_window].sum())
+    sampled = in_window & ~np.isnan(series["mem_token_states"])
+    if sampled.any():
+        weights = series["duration_s"][sampled]
         if weights.sum() <= 0:
-            weights = np.ones(len(sampled))
-        pct = np.array([list(s.memory.percentages().values()) for s in sampled])
+            weights = np.ones(len(weights))
+        pct = _memory_pct(series, sampled)
         for i, key in enumerate(KV_CLASSES):
             out[key] = float(np.average(pct[:, i], weights=weights))
-        sharing = [s.memory.sharing_saving for s in sampled if s.memory.logical_blocks]
-        out["sharing_saving_pct"] = 100.0 * float(np.mean(sharing)) if sharing else 0.0
+        logical = series["logical_blocks"][sampled]
+        physical = series["physical_blocks"][sampled]
+        shared = logical > 0
+        saving = (logical[shared] - physical[shared]) / logical[shared]
+        out["sharing_saving_pct"] = 100.0 * float(np.mean(saving)) if shared.any() else 0.0
     else:
         for key in KV_CLASSES:
             out[key] = float("nan")
         out["sharing_saving_pct"] = float("nan")
+    return out
+
+
+def step_metrics(steps: list[StepRecord]) -> dict:
+    """Per-step metrics. Steps and batch sizes count the steps that ran (`executed`); preemptions and
+    swapped blocks count every step, so they equal the scheduler's own counters."""
+    return series_step_metrics(step_series(steps))
+
+
+def artifact_metrics(series: dict[str, np.ndarray], window: list[float] | None = None) -> dict:
+    """The paper artifact's definitions of Figures 13, 2 and 15 (docs/metrics.md, "As the artifact
+    computes them"), over the steps starting in `window`: plain means over steps, not time-weighted."""
+    in_window = window_mask(series, window)
+    nan = float("nan")
+    out = dict.fromkeys(ARTIFACT_COLUMNS, nan)
+    # Figure 13: len(running) after scheduling, on every step the artifact records (something runs
+    # or swaps).
+    running = series["num_running_groups"]
+    recorded = in_window & (
+        (running > 0) | (series["num_blocks_swapped_out"] > 0) | (series["num_blocks_swapped_in"] > 0)
+    )
+    if recorded.any():
+        out["batched_requests_artifact"] = float(np.mean(running[recorded]))
+    sampled = in_window & ~np.isnan(series["mem_token_states"])
+    if sampled.any():
+        pct = _memory_pct(series, sampled)
+        token = float(np.mean(pct[:, 0]))
+        if bool(series["paged"]):
+            # The artifact's vLLM records neither reservation nor internal fragmentation (zeros).
+            reserved = internal = 0.0
+        else:
+            reserved, internal = float(np.mean(pct[:, 1])), float(np.mean(pct[:, 2]))
+        if reserved + internal == 0:
+            # plot_fig2.py's rule for such a system: the unallocated share split in halves between
+            # reservation and internal fragmentation. Allocated = what sequences hold (used blocks).
+            allocated = float(np.mean(pct[:, 0] + pct[:, 1] + pct[:, 2]))
+            reserved = internal = (100.0 - allocated) / 2
+        out["kv_token_states_pct_artifact"] = token
+        out["kv_reservation_pct_artifact"] = reserved
+        out["kv_internal_frag_pct_artifact"] = internal
+        out["kv_external_frag_pct_artifact"] = 100.0 - (token + reserved + internal)
+        # Figure 15: 1 - 1 / (mean reference count), on steps where running sequences hold blocks.
+        logical = series["logical_blocks"][sampled]
+        physical = series["physical_blocks"][sampled]
+        held = (logical > 0) & (physical > 0)
+        if held.any():
+            out["sharing_saving_pct_artifact"] = 100.0 * (
+                1.0 - 1.0 / float(np.mean(logical[held] / physical[held]))
+            )
     return out
 
 
