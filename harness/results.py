@@ -1,12 +1,14 @@
 """The results contract (results/README.md): a run directory, its files, atomic point-by-point writes.
 
     results/<exp>/<timestamp>/   config.yaml, env.json, workload.jsonl, points.csv, capacity.csv,
-                                 requests/<point>.csv, *.png, DONE
+                                 requests/<point>.csv, steps/<point>.npz, *.png, DONE
     results/<exp>/latest -> <timestamp>
 
 Every file is written to a temporary name and renamed into place, so an interrupted run never leaves a
-half-written file; points.csv gains one row per finished point, and a re-run of the same configuration
-continues the latest unfinished run, skipping its finished points.
+half-written file; points.csv gains one row per finished point (after its requests/ and steps/ files),
+and a re-run of the same configuration continues the latest unfinished run, skipping its finished
+points. steps/<point>.npz is the point's per-step series (harness/step_series.py: its format, and the
+command that recomputes every windowed step metric from it).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def open_run_dir(results_dir: str, name: str, config_yaml: str, resume: bool) ->
         except FileExistsError:
             run, suffix = base / f"{stamp}-{suffix}", suffix + 1
     (run / "requests").mkdir()
+    (run / "steps").mkdir()
     atomic_write(run / "config.yaml", config_yaml)
     atomic_write(run / "env.json", json.dumps(environment(), indent=2) + "\n")
     tmp_link = base / f".latest.{os.getpid()}.{run.name}.tmp"  # unique: parallel jobs share the folder
