@@ -301,7 +301,12 @@ class ModelRunner:
         """The step's batch from the scheduler's output alone (its block tables and compute ranges),
         and for each scheduled group the (sequence, logits row) of its running sequences. A sequence
         with nothing to compute (a sibling identical to one that computes, after a recompute or at a
-        request's admission) reads its sibling's row."""
+        request's admission) reads its sibling's row.
+
+        A mixed step (prompts and decodes, `step_composition="mixed"`) runs entirely through the
+        varlen prefill path: each decode is a one-token prefill over its cached context (its row in
+        cu_seqlens is one token, its cached_lens the context before it), which prefill attention
+        computes exactly as the decode kernel would."""
         bs = self.block_size
         ids, pos, slots, tables, cu, cached, ctx, rows = [], [], [], [], [0], [], [], []
         per_group = []
@@ -328,7 +333,7 @@ class ModelRunner:
                     block_slots = [s for b in table[first : last + 1] for s in range(b * bs, b * bs + bs)]
                     slots.extend(block_slots[start - first * bs : n - first * bs])
                 tables.append(table)
-                if out.is_prefill:
+                if out.is_prefill:  # a mixed step's decodes too: (start, n) = (len - 1, len)
                     cu.append(cu[-1] + n - start)
                     cached.append(start)
                 else:

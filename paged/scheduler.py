@@ -3,13 +3,17 @@
 One scheduler for every system: the paged BlockManager and the contiguous baselines are memory
 policies behind `KVCacheManager`; the real model and the cost model are executors behind the engine.
 
-Each step is either a prompt step or a decode step (no mixing, as in vLLM v0.1):
+`step_composition="separate"` (the vLLM v0.1 release): a step is a prompt step or a decode step.
 1. If no group is swapped out, admit waiting groups in arrival order while each fits: memory above the
    watermark, max_num_batched_tokens, max_num_seqs. The first that does not fit stops admission
    (head-of-line: FCFS does not skip ahead). If any group was admitted, the step is their prompt phase.
 2. Otherwise decode every running group, earliest arrival first. A group that cannot get a slot for
    each of its sequences preempts the latest-arrived running group, or itself if it is the last one.
 3. If nothing was preempted, swap groups back in, earliest arrival first, while they fit.
+
+`step_composition="mixed"` (the paper's artifact, whose runs made the paper's figures): every step
+runs 2 then 3 (swap-in only if the step swapped nothing out), then 1 into the same batch, the token
+budget counting one token per running sequence plus the admitted prompts (docs/scheduler.md).
 """
 
 from __future__ import annotations
@@ -60,35 +64,65 @@ class Scheduler:
         out = SchedulerOutput()
         if self._pending_copies:
             out.blocks_to_copy, self._pending_copies = self._pending_copies, []
+        if self.config.step_composition == "mixed":
+            self._schedule_mixed(out, now)
+            if self.emit_block_tables:
+                self._add_block_tables(out)
+            return out
         if not self.swapped and self.waiting and not (self.config.batching == "request" and self.running):
             self._admit(out, now)
             if out.scheduled_groups:
                 out.is_prefill = True
+                out.num_prefill_groups = len(out.scheduled_groups)
                 if self.emit_block_tables:
                     self._add_block_tables(out)
                 return out
         self._decode(out, now)
         if not out.preempted and self.swapped:
             self._swap_in(out)
-            if not self.running and self.swapped:
-                # The cache is idle and the earliest swapped group still cannot come back: memory
-                # pinned since its admission (a shared prefix) leaves too little. Nothing will free
-                # it, and nothing can be admitted while it is swapped out.
-                group = self.swapped.pop(0)
-                for seq in group.get_seqs(_SWAPPED):
-                    self.memory.free(seq)
-                self._reject(
-                    group,
-                    "cannot fit in the KV cache next to the blocks shared prefixes hold; "
-                    "give the cache more memory or release prefixes",
-                    now,
-                    out,
-                )
+            self._reject_unswappable(out, now)
         out.scheduled_groups = self.running
         out.num_batched_tokens = out.num_seqs
         if self.emit_block_tables:
             self._add_block_tables(out)
         return out
+
+    def _schedule_mixed(self, out: SchedulerOutput, now: float) -> None:
+        """Decode, swap in, then admit prompts into the same batch (the artifact's `_schedule`)."""
+        self._decode(out, now)
+        # The artifact swaps in only when this step swapped nothing out; a recompute preemption
+        # does not stop it. (Its other rule, stop at a group preempted in this very step, can only
+        # concern a group swapped out in this step, which this condition already excludes.)
+        if self.swapped and not out.blocks_to_swap_out:
+            self._swap_in(out)
+            self._reject_unswappable(out, now)
+        num_decode_seqs = out.num_seqs  # decoding and swapped-in sequences: one token each
+        if not self.swapped and self.waiting and not (self.config.batching == "request" and self.running):
+            self._admit(out, now, num_decode_seqs)
+            out.num_prefill_groups = len(out.scheduled_groups)  # _admit's list: the admitted ones
+            out.num_seqs += num_decode_seqs
+            # True iff the step has prompts: its decodes become one-token prefills over their
+            # cached context (paged/model_runner.py), and post-processing marks the prompts computed.
+            out.is_prefill = out.num_prefill_groups > 0
+        else:
+            out.num_batched_tokens = num_decode_seqs
+        out.scheduled_groups = self.running
+
+    def _reject_unswappable(self, out: SchedulerOutput, now: float) -> None:
+        if not self.running and self.swapped:
+            # The cache is idle and the earliest swapped group still cannot come back: memory
+            # pinned since its admission (a shared prefix) leaves too little. Nothing will free
+            # it, and nothing can be admitted while it is swapped out.
+            group = self.swapped.pop(0)
+            for seq in group.get_seqs(_SWAPPED):
+                self.memory.free(seq)
+            self._reject(
+                group,
+                "cannot fit in the KV cache next to the blocks shared prefixes hold; "
+                "give the cache more memory or release prefixes",
+                now,
+                out,
+            )
 
     def _add_block_tables(self, out: SchedulerOutput) -> None:
         """Each running sequence's block table as it is for this step (after its appends, swaps
@@ -125,17 +159,24 @@ class Scheduler:
             )
         return None
 
-    def _admit(self, out: SchedulerOutput, now: float) -> None:
+    def _admit(self, out: SchedulerOutput, now: float, num_tokens: int = 0) -> None:
+        """Admit waiting groups in arrival order into `out.scheduled_groups` while they fit.
+
+        num_tokens: tokens the step already computes (a mixed step's decodes, one per sequence).
+        Sets out.num_batched_tokens (num_tokens plus the admitted prompt tokens) and out.num_seqs
+        (the admitted sequences)."""
         cfg = self.config
         memory = self.memory
         num_seqs = 0
         for g in self.running:
             num_seqs += g.max_num_running_seqs
-        num_tokens = 0
         num_admitted = 0
         waiting = self.waiting
+        preempted = out.preempted  # empty in a separate step: admission runs before decoding
         while waiting:
             group = waiting[0]
+            if preempted and group in preempted:
+                break  # preempted in this very step (mixed): it waits at least one step (artifact)
             reason = self._static_reject_reason(group)
             if reason is None:
                 plan = memory.can_allocate(group)
@@ -153,8 +194,9 @@ class Scheduler:
                 continue
             if plan.status is AllocStatus.LATER:
                 break
-            # A group alone in the batch is admitted even over the token budget: a re-prefill of
-            # several diverged sequences after a recompute can exceed it, and must still run.
+            # A group alone in an otherwise empty batch is admitted even over the token budget: a
+            # re-prefill of several diverged sequences after a recompute can exceed it, and must still
+            # run (in a mixed step, running decodes count, so such a group waits for an empty batch).
             if num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
                 break
             n = group.max_num_running_seqs
@@ -222,7 +264,10 @@ class Scheduler:
                     self.memory.free(seq)
                     seq.status = _WAITING
                     seq.num_computed_tokens = 0
-            self.waiting.appendleft(group)
+            if self.config.step_composition == "mixed":
+                self._requeue_by_arrival(group)
+            else:
+                self.waiting.appendleft(group)
         else:
             mapping = self.memory.swap_out(group)
             out.blocks_to_swap_out.extend(mapping.items())
@@ -235,6 +280,19 @@ class Scheduler:
         group.metrics.preemption_times.append(now)
         self.num_preemptions += 1
         out.preempted.append(group)
+
+    def _requeue_by_arrival(self, group: SequenceGroup) -> None:
+        """Put a recompute-preempted group back in the waiting queue by arrival time, after the
+        groups that arrived no later (the artifact re-sorts its waiting list by arrival, stably,
+        every step). The queue is otherwise in arrival order, and such a group lands near its head."""
+        waiting = self.waiting
+        arrival = group.arrival_time
+        i = 0
+        for g in waiting:
+            if g.arrival_time > arrival:
+                break
+            i += 1
+        waiting.insert(i, group)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
         self.swapped.sort(key=_arrival)
@@ -268,12 +326,14 @@ class Scheduler:
         groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
         finished = list(out.rejected)
         any_finished = False
+        if out.is_prefill:  # the prompt groups are the last num_prefill_groups of the step
+            groups = out.scheduled_groups
+            for group in groups[len(groups) - out.num_prefill_groups :]:
+                self.memory.mark_computed(group)
         for group, samples in zip(out.scheduled_groups, outputs):
             for seq in group.seqs:
                 if seq.status is _RUNNING:
                     seq.num_computed_tokens = len(seq.token_ids)
-            if out.is_prefill:
-                self.memory.mark_computed(group)
             if group.metrics.first_token_time is None:
                 group.metrics.first_token_time = now
             if self._apply_samples(group, samples, now):

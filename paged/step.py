@@ -15,19 +15,24 @@ from paged.sequence import Sequence, SequenceGroup
 
 @dataclass
 class SchedulerOutput:
-    """What one step runs: a prompt step or a decode step (vLLM v0.1 never mixes them).
+    """What one step runs. Under `step_composition="separate"` (vLLM v0.1) a step is a prompt step
+    (`is_prefill`) or a decode step; under "mixed" (the paper's artifact) a step decodes every running
+    group and may also prefill newly admitted ones, and `is_prefill` then means "has prompts".
 
     A prefill sequence computes tokens `prefill_ranges[seq_id] = (start, end)`: `start` tokens were
-    found shared or cached (paper section 4.4), `end` is its length. A decode sequence computes its
-    newest token, [len - 1, len). `block_tables[seq_id]` maps each running sequence's logical blocks to
-    physical block ids, as they are for this step (after its swaps, copies and appends); it is filled
-    for executors that read it (`Executor.needs_block_tables`: the real one) and left empty for the
-    simulated one, which prices a step by its shape."""
+    found shared or cached (paper section 4.4), `end` is its length. A decode sequence (every running
+    sequence without a prefill range) computes its newest token, [len - 1, len). The prompt groups are
+    the last `num_prefill_groups` of `scheduled_groups` (all of them in a separate prompt step).
+    `block_tables[seq_id]` maps each running sequence's logical blocks to physical block ids, as they
+    are for this step (after its swaps, copies and appends); it is filled for executors that read it
+    (`Executor.needs_block_tables`: the real one) and left empty for the simulated one, which prices a
+    step by its shape."""
 
     scheduled_groups: list[SequenceGroup] = field(default_factory=list)
-    is_prefill: bool = False
+    is_prefill: bool = False  # the step prefills prompts (a mixed step may decode others too)
     num_batched_tokens: int = 0  # tokens the forward pass computes
     num_seqs: int = 0  # sequences in the batch
+    num_prefill_groups: int = 0  # the prompt groups: the last ones of scheduled_groups
     block_tables: dict[int, list[int]] = field(default_factory=dict)
     prefill_ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     # (device, host) and (host, device) pairs. Pairs, not a dict: a block shared across groups (a
@@ -49,7 +54,9 @@ class SchedulerOutput:
     def compute_range(self, seq: Sequence) -> tuple[int, int]:
         """The token positions [start, end) the sequence computes in this step."""
         if self.is_prefill:
-            return self.prefill_ranges[seq.seq_id]
+            r = self.prefill_ranges.get(seq.seq_id)
+            if r is not None:
+                return r
         n = len(seq.token_ids)
         return n - 1, n
 
@@ -80,7 +87,7 @@ class StepRecord:
     start_time: float
     duration_s: float
     executed: bool  # the executor ran (a forward pass, or block operations alone)
-    is_prefill: bool
+    is_prefill: bool  # the step prefills prompts (under "mixed" it may decode others too)
     num_groups: int  # groups the step computes (pagelab's Figure 13 count)
     num_running_groups: int  # groups running after scheduling, new prompts included (the artifact's
     # Figure 13 count, `len(running)` in its scheduler; equal to num_groups in a decode or mixed step)

@@ -2,9 +2,10 @@
 is exactly the memory policy's state, so an executor never needs to ask the memory manager.
 
 Random workloads (n, beam search, shared prefixes, prefix caching, small caches that force swap and
-recompute preemption) on every system; an executor that reads block tables checks, at every step,
-that the output names each running sequence's block table as the policy holds it and each prefill
-sequence's compute range. An executor that does not read them gets none.
+recompute preemption, separate and mixed steps) on every system; an executor that reads block tables
+checks, at every step, that the output names each running sequence's block table as the policy holds it
+and each sequence's compute range; at the end no block is held. An executor that does not read them
+gets none.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from paged import (
     SharedPrefix,
 )
 from paged.scheduler import Scheduler
+from tests.shadow import check_invariants
 
 RUNNING = SequenceStatus.RUNNING
 
@@ -33,9 +35,10 @@ class ContractExecutor(NullExecutor):
 
     needs_block_tables = True
 
-    def __init__(self, memory) -> None:
+    def __init__(self, memory, mixed: bool = False) -> None:
         super().__init__(step_time_s=1.0, seed=1)
         self.memory = memory  # for the check only: the contract is that an executor needs no such link
+        self.mixed = mixed
         self.steps = 0
 
     def execute(self, out):
@@ -44,12 +47,17 @@ class ContractExecutor(NullExecutor):
         for seq in running:
             assert list(out.block_tables[seq.seq_id]) == list(self.memory.get_block_table(seq))
             start, end = out.compute_range(seq)
-            if out.is_prefill:
-                assert (start, end) == (seq.num_computed_tokens, len(seq.token_ids))
+            if seq.seq_id in out.prefill_ranges:
+                assert out.is_prefill and (start, end) == (seq.num_computed_tokens, len(seq.token_ids))
             else:
                 assert (start, end) == (len(seq.token_ids) - 1, len(seq.token_ids))
-        if out.is_prefill:
-            assert set(out.prefill_ranges) == {s.seq_id for s in running}
+        # The prompt groups are the last num_prefill_groups (all of a separate prompt step's); the
+        # others (a mixed step's) decode.
+        groups = out.scheduled_groups
+        prompts = groups[len(groups) - out.num_prefill_groups :] if out.is_prefill else []
+        assert set(out.prefill_ranges) == {s.seq_id for g in prompts for s in g.seqs if s.status is RUNNING}
+        if out.is_prefill and len(prompts) < len(groups):
+            assert self.mixed
         self.steps += 1
         return super().execute(out)
 
@@ -72,9 +80,12 @@ request = st.fixed_dictionaries(
     num_gpu_blocks=st.sampled_from([16, 32, 64]),
     mode=st.sampled_from(["auto", "recompute", "swap"]),
     caching=st.booleans(),
+    composition=st.sampled_from(["separate", "mixed"]),
     requests=st.lists(request, min_size=1, max_size=10),
 )
-def test_the_scheduler_output_carries_the_policy_state(system, num_gpu_blocks, mode, caching, requests):
+def test_the_scheduler_output_carries_the_policy_state(
+    system, num_gpu_blocks, mode, caching, composition, requests
+):
     vllm = system == "vllm"
     cache = CacheConfig(
         num_gpu_blocks=num_gpu_blocks,
@@ -83,10 +94,12 @@ def test_the_scheduler_output_carries_the_policy_state(system, num_gpu_blocks, m
         watermark=0.0,
         enable_prefix_caching=caching and vllm,
     )
-    sched_cfg = SchedulerConfig(max_num_batched_tokens=64, max_model_len=64, preemption_mode=mode)
+    sched_cfg = SchedulerConfig(
+        max_num_batched_tokens=64, max_model_len=64, preemption_mode=mode, step_composition=composition
+    )
     memory, sched_cfg = build_system(system, cache, sched_cfg)
     scheduler = Scheduler(sched_cfg, memory)
-    executor = ContractExecutor(memory)
+    executor = ContractExecutor(memory, mixed=composition == "mixed")
     engine = Engine(scheduler, executor)
     prefix = SharedPrefix("p", [1, 2, 3, 1, 2, 3])
     groups = [
@@ -101,6 +114,18 @@ def test_the_scheduler_output_carries_the_policy_state(system, num_gpu_blocks, m
     ]
     engine.run(groups)
     assert executor.steps == engine.num_executed  # every executed step was checked
+    for g in groups:  # every request ran to its length or was rejected
+        assert g.reject_reason is not None or all(
+            s.num_output_tokens == g.sampling_params.max_tokens for s in g.seqs
+        )
+    # No block leaks: once the prefix is released, every block is free again.
+    if vllm:
+        check_invariants(memory)
+        memory.release_prefix(prefix)
+        assert memory.gpu.num_free == num_gpu_blocks and memory.cpu.num_free == 64
+        check_invariants(memory)
+    else:
+        assert memory.chunks == {} and memory.arena.num_free == num_gpu_blocks
 
 
 def test_an_executor_that_reads_no_tables_gets_none():

@@ -9,7 +9,7 @@ scheduler. Reported per request rate:
 - per step: during the real run every step is also priced by the cost model (the simulated
   executor's `step_ms` on the very same scheduler output), so the gap is measured step by step:
   the mean absolute relative error and the ratio of summed predicted to summed measured time, for
-  prompt and decode steps apart;
+  prompt, decode and mixed steps apart;
 - end to end: normalized latency (docs/metrics.md) of the real runs (mean) and of the independent
   simulated run, and their relative gap (Vidur reports under 9% against real GPUs; the goal here is
   10%); the real runs' spread, (max - min) / mean, is the noise floor of this comparison: on a shared
@@ -54,7 +54,7 @@ class ShadowExecutor:
         self.real = real
         self.sim = SimulatedExecutor(cost_model)
         self.timer = timer
-        self.records: list[tuple[bool, int, float, float]] = []  # (prefill, seqs, measured s, predicted s)
+        self.records: list[tuple[str, int, float, float]] = []  # (kind, seqs, measured s, predicted s)
         self.components: dict[str, dict[str, list[float]]] = {}  # kind -> part -> [measured, predicted] ms
         self.component_steps: Counter[str] = Counter()  # kind -> steps summed in components
 
@@ -64,19 +64,24 @@ class ShadowExecutor:
             self.timer.reset()
         result = self.real.execute(out)
         if out.scheduled_groups:
-            self.records.append((out.is_prefill, out.num_seqs, result.duration_s, predicted))
+            self.records.append((step_kind(out), out.num_seqs, result.duration_s, predicted))
             if self.timer is not None:
                 self._add_components(out, result.duration_s * 1e3, predicted * 1e3)
         return result
 
     def _add_components(self, out, step_ms: float, predicted_ms: float) -> None:
         cm, p = self.sim.cost_model, self.timer.parts
-        cost = cm.prefill(prefill_shape(out)) if out.is_prefill else cm.decode(*decode_shape(out))
+        kind = step_kind(out)
+        if kind == "prefill":
+            cost = cm.prefill(prefill_shape(out))
+        elif kind == "decode":
+            cost = cm.decode(*decode_shape(out))
+        else:
+            cost = cm.mixed(prefill_shape(out), *decode_shape(out))
         rest = p["forward"] - p["linear"] - p["attention"] - p["lm_head"]
         measured = (p["linear"], p["attention"], p["lm_head"], rest, step_ms - p["forward"])
         forward_pred = cost.linear + cost.attention + cost.lm_head + cost.norm
         pred = (cost.linear, cost.attention, cost.lm_head, cost.norm, predicted_ms - forward_pred)
-        kind = "prefill" if out.is_prefill else "decode"
         self.component_steps[kind] += 1
         sums = self.components.setdefault(kind, {name: [0.0, 0.0] for name in self.PARTS})
         for name, m, q in zip(self.PARTS, measured, pred):
@@ -93,10 +98,17 @@ class ShadowExecutor:
         return out
 
 
+def step_kind(out) -> str:
+    """ "prefill" (prompts only), "decode" (decodes only) or "mixed" (both: step_composition=mixed)."""
+    if not out.is_prefill:
+        return "decode"
+    return "mixed" if out.num_prefill_groups < len(out.scheduled_groups) else "prefill"
+
+
 def step_gaps(records) -> dict:
     out = {}
-    for name, prefill in (("prefill", True), ("decode", False)):
-        rows = [(m, p) for f, _, m, p in records if f == prefill]
+    for name in ("prefill", "decode", "mixed"):
+        rows = [(m, p) for kind, _, m, p in records if kind == name]
         if not rows:
             continue
         out[name] = {
@@ -262,11 +274,15 @@ def finished_rows(out: Path, meta: dict) -> list[dict]:
 
 def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
     """JSON and a markdown table, each written atomically."""
+    kinds = ("decode", "prefill")
+    if any("mixed" in r["steps"] for r in rows):  # step_composition=mixed: a column pair of its own
+        kinds += ("mixed",)
+    names = {"decode": "decode", "prefill": "prompt", "mixed": "mixed"}
     lines = [
         "| rate req/s | requests | norm. latency real ms/tok (runs) | real spread | sim ms/tok | gap | "
-        "decode: mean abs err | pred/meas | prompt: mean abs err | pred/meas | machine vs profile | "
-        "sim at that speed | gap |",
-        "|---" * 13 + "|",
+        + "".join(f"{names[k]}: mean abs err | pred/meas | " for k in kinds)
+        + "machine vs profile | sim at that speed | gap |",
+        "|---" * (9 + 2 * len(kinds)) + "|",
     ]
     for r in rows:
         runs = ", ".join(f"{x * 1e3:.2f}" for x in r["normalized_latency_real_runs"])
@@ -277,7 +293,7 @@ def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
         ]
         cells.append(f"{r['real_run_spread']:.1%}")
         cells += [f"{r['normalized_latency_sim'] * 1e3:.2f}", f"{r['normalized_latency_gap']:+.1%}"]
-        for kind in ("decode", "prefill"):
+        for kind in kinds:
             g = r["steps"].get(kind, {})
             cells += [
                 f"{g.get('mean_abs_rel_error', math.nan):.1%}",

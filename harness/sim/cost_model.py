@@ -1,7 +1,7 @@
 """Predicted GPU time of one engine step, built from operators (the simulator's clock).
 
-For a step that computes N tokens (the prompt tokens of a prompt step, one per sequence in a decode step)
-on a model split over TP GPUs, per layer:
+For a step that computes N tokens (the prompt tokens of a prompt step, one per sequence in a decode step,
+both in a mixed step: `CostModel.mixed`) on a model split over TP GPUs, per layer:
 
 - linear layers (QKV, output projection, MLP): each GEMM's roofline, max(bytes / HBM bandwidth,
   FLOPs / peak), divided by the efficiency measured for that N and TP (Vidur's A100/H100 GEMM profiles);
@@ -245,6 +245,29 @@ class CostModel:
         self._base(num_tokens, len(seqs), cost)
         cost.attention = sum(self.prefill_attention_ms(q, c) for q, c in seqs)
         cost.overhead = self.prefill_step_overhead_ms + self.prefill_per_token_overhead_ms * num_tokens
+        return cost
+
+    def mixed(self, seqs: list[tuple[int, int]], num_decode: int, decode_context: int) -> StepCost:
+        """A mixed step (the artifact's): the prompts `seqs` ((new tokens, cached tokens) each, as in
+        `prefill`) and `num_decode` decoding sequences whose contexts hold `decode_context` tokens in
+        all, in one forward pass. Linear layers, norms and all-reduces run over every token (prompt
+        tokens + one per decode); the LM head over one row per sequence; attention is the prompts'
+        causal attention plus the decodes' context reads. Overhead: a step with prompts pays the prompt
+        step's fixed and per-token engine overhead, and each decode adds the per-sequence one (the
+        calibration fits them on pure steps; nothing measures a mixed step's CPU work). With no
+        decodes this is exactly `prefill(seqs)`, with no prompts exactly `decode(...)`."""
+        cost = StepCost()
+        num_prompt_tokens = sum(q for q, _ in seqs)
+        self._base(num_prompt_tokens + num_decode, len(seqs) + num_decode, cost)
+        cost.attention = (
+            sum(self.prefill_attention_ms(q, c) for q, c in seqs)
+            + decode_context * self._decode_ms_per_ctx_token
+        )
+        if seqs:
+            fixed = self.prefill_step_overhead_ms + self.prefill_per_token_overhead_ms * num_prompt_tokens
+        else:
+            fixed = self.step_overhead_ms
+        cost.overhead = fixed + self.per_seq_overhead_ms * num_decode
         return cost
 
     def swap_ms(self, num_blocks: int) -> float:

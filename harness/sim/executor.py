@@ -1,9 +1,10 @@
 """The simulated executor: the engine's executor with the GPU replaced by the cost model.
 
 It allocates no tensors. Each step's duration is the cost model's prediction for the step's
-composition (prompt tokens and cached context, or decoding sequences and their context lengths, plus
-swaps and copies); tokens come from the NullExecutor's rule (one per running sequence, never EOS, so
-every request generates exactly its trace's output length; beams re-drawn at random).
+composition (prompt tokens and cached context, decoding sequences and their context lengths, or both
+in a mixed step; plus swaps and copies); tokens come from the NullExecutor's rule (one per running
+sequence, never EOS, so every request generates exactly its trace's output length; beams re-drawn at
+random).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ class SimulatedExecutor(NullExecutor):
     def step_ms(self, out: SchedulerOutput) -> float:
         cm = self.cost_model
         if out.is_prefill:
-            ms = cm.prefill(prefill_shape(out)).total_ms
+            groups = out.scheduled_groups
+            num_decode_groups = len(groups) - out.num_prefill_groups
+            if num_decode_groups:  # a mixed step: its decoding groups come first
+                num_seqs, context = _decode_shape(groups[:num_decode_groups])
+                ms = cm.mixed(_prefill_shape(groups[num_decode_groups:]), num_seqs, context).total_ms
+            else:
+                ms = cm.prefill(_prefill_shape(groups)).total_ms
         else:
-            num_seqs, context = decode_shape(out)
+            num_seqs, context = _decode_shape(out.scheduled_groups)
             ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
         moved = len(out.blocks_to_swap_out) + len(out.blocks_to_swap_in)
         if moved:
@@ -45,9 +52,21 @@ class SimulatedExecutor(NullExecutor):
 
 
 def prefill_shape(out: SchedulerOutput) -> list[tuple[int, int]]:
-    """(new tokens, cached tokens) of each sequence a prompt step computes."""
+    """(new tokens, cached tokens) of each sequence a prompt step computes (a mixed step: of its
+    prompt groups, the last `num_prefill_groups`)."""
+    groups = out.scheduled_groups
+    return _prefill_shape(groups[len(groups) - out.num_prefill_groups :] if out.is_prefill else [])
+
+
+def decode_shape(out: SchedulerOutput) -> tuple[int, int]:
+    """(sequences, context tokens in all) of a decode step (a mixed step: of its decoding groups)."""
+    groups = out.scheduled_groups
+    return _decode_shape(groups[: len(groups) - out.num_prefill_groups] if out.is_prefill else groups)
+
+
+def _prefill_shape(groups) -> list[tuple[int, int]]:
     seqs = []
-    for g in out.scheduled_groups:
+    for g in groups:
         for s in g.seqs:
             if s.status is _RUNNING:
                 q = len(s.token_ids) - s.num_computed_tokens
@@ -56,11 +75,10 @@ def prefill_shape(out: SchedulerOutput) -> list[tuple[int, int]]:
     return seqs
 
 
-def decode_shape(out: SchedulerOutput) -> tuple[int, int]:
-    """(sequences, context tokens in all) of a decode step."""
+def _decode_shape(groups) -> tuple[int, int]:
     num_seqs = 0
     context = 0
-    for g in out.scheduled_groups:
+    for g in groups:
         seqs = g.seqs
         if len(seqs) == 1:
             num_seqs += 1
