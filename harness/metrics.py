@@ -115,10 +115,9 @@ def step_series(steps: list[StepRecord], paged: bool = False) -> dict[str, np.nd
     """The steps as columns (docs/metrics.md, "Per-step series"). `paged`: the memory policy is the
     paged block manager (the artifact's Figure 2 rule for vLLM needs to know).
 
-    `num_running_groups` here is the count when the step was scheduled, new prompts included (the
-    artifact's `len(running)`): the engine reads it after post-processing, when the groups that
-    finished in the step have left, so they are added back (`num_finished`: completed groups, not
-    rejected ones, which never ran)."""
+    `num_running_groups` is the count when the step was scheduled, new prompts included (the
+    artifact's `len(running)`); `num_finished` counts the groups completed in the step (not rejected
+    ones, which never ran)."""
     n = len(steps)
     start = np.empty(n)
     duration = np.empty(n)
@@ -134,7 +133,7 @@ def step_series(steps: list[StepRecord], paged: bool = False) -> dict[str, np.nd
         num_finished = sum(1 for g in s.finished if g.reject_reason is None)
         counts[:, i] = (
             s.num_groups,
-            s.num_running_groups + num_finished,
+            s.num_running_groups,
             s.num_seqs,
             s.num_tokens,
             s.num_preempted,

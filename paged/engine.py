@@ -40,6 +40,7 @@ class Engine:
         # executor, as harness/calib/sim_vs_real.py does).
         sched.emit_block_tables = getattr(self.executor, "needs_block_tables", True)
         out = sched.schedule(start)
+        num_running = len(sched.running)  # before post-processing drops the groups that finish
         # Nothing to execute: only rejections, or a lone group recompute-preempted itself.
         executed = not out.is_empty or out.has_block_ops
         if executed:
@@ -55,7 +56,7 @@ class Engine:
             executed,
             out.is_prefill,
             len(out.scheduled_groups),
-            len(sched.running),
+            num_running,
             out.num_seqs,
             out.num_batched_tokens,
             len(out.preempted),

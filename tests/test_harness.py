@@ -63,9 +63,15 @@ def test_every_preset_composes_and_is_possible(exp):
     validate(cfg)
     per_grid = sum(len(cfg.rates_by_system.get(s) or cfg.request_rates) for s in cfg.systems)
     assert len(points(cfg)) == per_grid * math.prod(len(v) for v in cfg.sweep.values())
+    from harness.datasets import WorkloadError
     from harness.experiment import _probe
 
-    _probe(cfg, points(cfg)[0])  # the model fits the hardware, the workload builds
+    try:
+        _probe(cfg, points(cfg)[0])  # the model fits the hardware, the workload builds
+    except WorkloadError as e:
+        if "not found" not in str(e):
+            raise
+        pytest.skip(f"the preset reads real data that this machine lacks: {e}")
 
 
 def test_default_is_sharegpt_opt13b_in_the_simulator():

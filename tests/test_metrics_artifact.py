@@ -227,9 +227,9 @@ def test_the_command_prints_and_writes_the_windowed_metrics(tiny_run, capsys):
 
 
 def test_running_count_at_scheduling_equals_the_batch_of_a_decode_step(tiny_run):
-    """step_series adds the groups that finished in a step back to the engine's count (read after
-    post-processing). A decode step runs every running group, so the two counts agree there; if the
-    engine comes to read the count before post-processing, this fails: drop the correction then."""
+    """The engine counts running groups when the step is scheduled (before post-processing drops the
+    ones that finish): a decode step runs every running group, so the two counts agree there, also
+    in steps where groups finish."""
     for path in sorted((tiny_run / "steps").glob("*.npz")):
         s, _ = load_series(path)
         decode = s["executed"] & ~s["is_prefill"]
