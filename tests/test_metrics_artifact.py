@@ -61,7 +61,7 @@ def usage(token, reservation, internal, external, free, logical=0, physical=0):
 def test_batched_requests_counts_len_running_at_scheduling_on_recorded_steps():
     steps = [
         step(0.0, groups=2, running=5),  # a prompt step: 2 admitted, 3 more running
-        step(1.0, groups=4, running=3, finished=[done_group(), rejected_group()]),  # 1 left: 4 ran
+        step(1.0, groups=4, running=4, finished=[done_group(), rejected_group()]),  # counted before it left
         step(2.0, executed=False, finished=[rejected_group()]),  # rejection only: not recorded
         step(3.0, swapped_out=8),  # the lone group swapped itself out: recorded, 0 running
         step(4.0, groups=6, running=6),
