@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from baselines import SYSTEMS
@@ -77,6 +77,23 @@ def validate(cfg: Config) -> None:
         raise ExperimentError("systems and request_rates must each list at least one value")
     if any(not r > 0 for r in cfg.request_rates):
         raise ExperimentError(f"request_rates must be positive req/s, got {list(cfg.request_rates)}")
+    workload_keys = {f.name for f in fields(cfg.workload)} - {"by_system"}
+    for system, overrides in cfg.workload.by_system.items():
+        if system not in SYSTEMS:
+            raise ExperimentError(
+                f"workload.by_system names unknown system {system!r}: choose from {', '.join(SYSTEMS)}"
+            )
+        unknown = set(overrides) - workload_keys
+        if unknown:
+            raise ExperimentError(
+                f"workload.by_system.{system} sets unknown key(s) {sorted(unknown)}: "
+                f"choose from {', '.join(sorted(workload_keys))}"
+            )
+    if cfg.metrics_window_s is not None:
+        try:
+            check_window(cfg.metrics_window_s)
+        except ValueError as e:
+            raise ExperimentError(f"metrics_window_s: {e}") from None
     for system, rates in cfg.rates_by_system.items():
         if system not in SYSTEMS:
             raise ExperimentError(
@@ -140,18 +157,29 @@ def _apply(cfg: Config, params) -> Config:
     return replace(cfg, system=system, workload=workload)
 
 
-def make_workload(cfg: Config, rate: float) -> Workload:
+def make_workload(cfg: Config, rate: float, system: str | None = None) -> Workload:
+    """The trace one point replays: the workload settings, with `workload.by_system[system]` applied."""
     w = cfg.workload
+    if system is not None and w.by_system.get(system):
+        w = replace(w, **dict(w.by_system[system]))
+    data = dict(data_path=w.data_path, arrivals=w.arrivals)
     if w.kind == "synthetic":
         return synthetic(
-            w.dataset, rate, cfg.duration_s, w.seed, w.burstiness, n=w.n, use_beam_search=w.use_beam_search
+            w.dataset,
+            rate,
+            cfg.duration_s,
+            w.seed,
+            w.burstiness,
+            n=w.n,
+            use_beam_search=w.use_beam_search,
+            **data,
         )
     if w.kind == "shared_prefix":
         if w.prefix_len < 1:
             raise ExperimentError("workload.kind=shared_prefix needs workload.prefix_len >= 1 (e.g. 80)")
-        return shared_prefix(w.prefix_len, rate, cfg.duration_s, w.seed, task_dataset=w.dataset)
+        return shared_prefix(w.prefix_len, rate, cfg.duration_s, w.seed, task_dataset=w.dataset, **data)
     if w.kind == "chatbot":
-        return chatbot(rate, cfg.duration_s, w.seed)
+        return chatbot(rate, cfg.duration_s, w.seed, new_conversation_prob=w.new_conversation_prob, **data)
     if w.kind in ("lengths_csv", "trace_csv"):
         if not w.path:
             raise ExperimentError(f"workload.kind={w.kind} needs workload.path=<your file>")
@@ -187,10 +215,8 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
 def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
     """One simulated run: its points.csv row, its per-request records and its per-step series (the
     parent process writes them all: a worker does not know the run directory)."""
-    if cfg.metrics_window_s is not None:
-        check_window(cfg.metrics_window_s)  # before the run, not after it
     pcfg = _apply(cfg, point.params)
-    workload = make_workload(pcfg, point.rate)
+    workload = make_workload(pcfg, point.rate, point.system)
     t0 = time.perf_counter()
     result = simulate(workload, sim_config(pcfg, point.system))
     series = step_series(result.engine.steps, paged=isinstance(result.engine.scheduler.memory, BlockManager))
@@ -210,7 +236,7 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
     # Check the first point's setup (model fits the GPU, workload file readable) before writing anything.
     _probe(cfg, grid[0])
     run_dir, resumed = open_run_dir(cfg.results_dir, cfg.name, config_yaml, cfg.resume)
-    base = make_workload(_apply(cfg, grid[0].params), max(all_rates(cfg)))
+    base = make_workload(_apply(cfg, grid[0].params), max(all_rates(cfg)), grid[0].system)
     if not (run_dir / "workload.jsonl").exists():
         base.save(run_dir / "workload.jsonl")  # the highest rate's trace; lower rates stretch its times
     rows = read_csv(run_dir / "points.csv")
@@ -320,7 +346,7 @@ def _run_log(run_dir: Path) -> logging.Logger:
 
 def _probe(cfg: Config, point: Point) -> None:
     build(sim_config(_apply(cfg, point.params), point.system))
-    make_workload(_apply(cfg, point.params), point.rate)
+    make_workload(_apply(cfg, point.params), point.rate, point.system)
 
 
 def capacity_table(rows: list[dict], cfg: Config) -> list[dict]:
