@@ -15,9 +15,19 @@ _CONTIGUOUS = {"orca_max": OrcaMax, "orca_pow2": OrcaPow2, "orca_oracle": OrcaOr
 
 
 def build_system(
-    name: str, cache: CacheConfig, sched: SchedulerConfig, ft_batch_size: int | None = None
+    name: str,
+    cache: CacheConfig,
+    sched: SchedulerConfig,
+    ft_batch_size: int | None = None,
+    ft_max_total_len: int | None = None,
+    ft_pad_batch: bool = False,
 ) -> tuple[KVCacheManager, SchedulerConfig]:
-    """The memory policy for `name` and the scheduler settings it runs with."""
+    """The memory policy for `name` and the scheduler settings it runs with.
+
+    FasterTransformer only: `ft_batch_size` (B; None: as many max-length requests as the cache holds),
+    `ft_max_total_len` (a batch's longest prompt + longest output stays within it: the artifact's
+    2040; None: no such rule) and `ft_pad_batch` (the batch runs padded and every member finishes when
+    it ends, as in the artifact); docs/baselines.md."""
     if name == "vllm":
         return BlockManager(cache, sched.max_model_len), sched
     if name in _CONTIGUOUS:
@@ -30,6 +40,8 @@ def build_system(
             max_num_seqs=batch,
             # A static batch's prompts run together, however long: no token budget splits it.
             max_num_batched_tokens=max(sched.max_num_batched_tokens, batch * sched.max_model_len),
+            max_batch_total_len=ft_max_total_len,
+            pad_batch=ft_pad_batch,
         )
         return FasterTransformer(cache, sched.max_model_len), ft_sched
     raise ValueError(f"unknown system {name!r}: choose one of {', '.join(SYSTEMS)}")

@@ -40,6 +40,13 @@ class ServerConfig:
     watermark: float = 0.01  # share of blocks kept free when admitting prompts
     enable_prefix_caching: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
+    # FasterTransformer's batches as the paper's artifact formed them (docs/baselines.md): a request
+    # joins the forming batch only while the batch's longest prompt + longest output stays within
+    # ft_max_total_len (the artifact: 2040; None: no such rule); ft_pad_batch: prompts are padded to
+    # the longest, every member computes until the longest output is done, and every member finishes
+    # when the batch ends (false: each request finishes on its own, unpadded).
+    ft_max_total_len: int | None = None
+    ft_pad_batch: bool = False
     # KV cache memory per GPU instead of what kv_capacity computes from the hardware preset; None:
     # computed (sim backend) or REAL_KV_CACHE_GIB (real backend).
     kv_cache_gib: float | None = None
@@ -71,6 +78,7 @@ class ServerConfig:
         positive("max_num_seqs", self.max_num_seqs)
         positive("max_model_len", self.max_model_len, "; null: the model's max_position_embeddings")
         positive("ft_batch_size", self.ft_batch_size, "; null: as many max-length requests as fit")
+        positive("ft_max_total_len", self.ft_max_total_len, "; the artifact used 2040; null: no limit")
         positive(
             "kv_cache_gib",
             self.kv_cache_gib,

@@ -99,7 +99,9 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         preemption_mode=s.preemption_mode,
         step_composition=s.step_composition,
     )
-    memory, sched_cfg = build_system(cfg.system, cache_cfg, sched_cfg, s.ft_batch_size)
+    memory, sched_cfg = build_system(
+        cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch
+    )
     engine = Engine(
         Scheduler(sched_cfg, memory), executor, track_memory=cfg.track_memory, memory_every=cfg.memory_every
     )

@@ -79,6 +79,14 @@ class SchedulerConfig:
     # decodes each running group and admits new prompts into the same batch, within
     # max_num_batched_tokens (the paper's artifact, which the paper's figures came from).
     step_composition: str = "separate"
+    # Request-level batches as FasterTransformer ran in the paper's artifact (docs/baselines.md); both
+    # need batching="request". max_batch_total_len: a request joins the forming batch only while the
+    # batch's longest prompt + longest output (max_tokens) stays within it (the artifact's 2040); None:
+    # no such rule. pad_batch: the batch is one padded tensor; every member computes at the longest
+    # prompt until the longest output is done (SchedulerOutput.padded_batch), and every member finishes
+    # (its finished_time) when the batch ends.
+    max_batch_total_len: int | None = None
+    pad_batch: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")
@@ -103,4 +111,14 @@ class SchedulerConfig:
         _require(
             self.batching in BATCHING,
             f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}",
+        )
+        _require(
+            self.max_batch_total_len is None or self.max_batch_total_len >= 1,
+            f"max_batch_total_len must be a positive number of tokens or None, "
+            f"got {self.max_batch_total_len!r}",
+        )
+        _require(
+            self.batching == "request" or (self.max_batch_total_len is None and not self.pad_batch),
+            "max_batch_total_len and pad_batch describe request-level (static) batches: they need "
+            f'batching="request", got batching={self.batching!r}',
         )

@@ -51,6 +51,10 @@ class Scheduler:
         self.emit_block_tables = True
         self.num_preemptions = 0
         self.num_swapped_blocks = 0  # blocks moved out to host memory, summed over the run
+        # pad_batch (FasterTransformer): the running batch's padded shape, and its members that are
+        # done but finish, with the batch, only when its last member is done.
+        self._padded_batch: tuple[int, int] | None = None
+        self._held: list[SequenceGroup] = []
 
     def add(self, group: SequenceGroup) -> None:
         self.waiting.append(group)
@@ -66,26 +70,28 @@ class Scheduler:
             out.blocks_to_copy, self._pending_copies = self._pending_copies, []
         if self.config.step_composition == "mixed":
             self._schedule_mixed(out, now)
-            if self.emit_block_tables:
-                self._add_block_tables(out)
-            return out
+        else:
+            self._schedule_separate(out, now)
+        if self.config.pad_batch:
+            self._pad_batch(out)
+        if self.emit_block_tables:
+            self._add_block_tables(out)
+        return out
+
+    def _schedule_separate(self, out: SchedulerOutput, now: float) -> None:
+        """A prompt step of the admitted groups if any was admitted, else a decode step (vLLM v0.1)."""
         if not self.swapped and self.waiting and not (self.config.batching == "request" and self.running):
             self._admit(out, now)
             if out.scheduled_groups:
                 out.is_prefill = True
                 out.num_prefill_groups = len(out.scheduled_groups)
-                if self.emit_block_tables:
-                    self._add_block_tables(out)
-                return out
+                return
         self._decode(out, now)
         if not out.preempted and self.swapped:
             self._swap_in(out)
             self._reject_unswappable(out, now)
         out.scheduled_groups = self.running
         out.num_batched_tokens = out.num_seqs
-        if self.emit_block_tables:
-            self._add_block_tables(out)
-        return out
 
     def _schedule_mixed(self, out: SchedulerOutput, now: float) -> None:
         """Decode, swap in, then admit prompts into the same batch (the artifact's `_schedule`)."""
@@ -107,6 +113,15 @@ class Scheduler:
         else:
             out.num_batched_tokens = num_decode_seqs
         out.scheduled_groups = self.running
+
+    def _pad_batch(self, out: SchedulerOutput) -> None:
+        """A static batch as one padded tensor (FasterTransformer): it computes every sequence it
+        started with, at its longest prompt, until its last member finishes."""
+        if out.num_prefill_groups:  # request-level batching admits a new batch only into an idle cache
+            admitted = out.scheduled_groups[len(out.scheduled_groups) - out.num_prefill_groups :]
+            rows = sum(g.max_num_running_seqs for g in admitted)
+            self._padded_batch = (rows, max(g.num_prompt_tokens for g in admitted))
+        out.padded_batch = self._padded_batch if self.running else None
 
     def _reject_unswappable(self, out: SchedulerOutput, now: float) -> None:
         if not self.running and self.swapped:
@@ -173,6 +188,8 @@ class Scheduler:
         num_admitted = 0
         waiting = self.waiting
         preempted = out.preempted  # empty in a separate step: admission runs before decoding
+        max_total_len = cfg.max_batch_total_len
+        longest_prompt = longest_output = 0
         while waiting:
             group = waiting[0]
             if preempted and group in preempted:
@@ -202,6 +219,14 @@ class Scheduler:
             n = group.max_num_running_seqs
             if num_seqs + n > cfg.max_num_seqs:
                 break
+            if max_total_len is not None:
+                # FasterTransformer's batches in the artifact: the padded batch's longest prompt plus
+                # its longest output must stay within the limit. A request alone is admitted even over
+                # it (the artifact would form an empty batch and stall).
+                longest_prompt = max(longest_prompt, group.num_prompt_tokens)
+                longest_output = max(longest_output, group.sampling_params.max_tokens)
+                if num_admitted and longest_prompt + longest_output > max_total_len:
+                    break
             waiting.popleft()
             out.blocks_to_copy.extend(memory.allocate(group, plan))
             for seq in group.seqs:
@@ -326,6 +351,7 @@ class Scheduler:
         groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
         finished = list(out.rejected)
         any_finished = False
+        hold = self.config.pad_batch
         if out.is_prefill:  # the prompt groups are the last num_prefill_groups of the step
             groups = out.scheduled_groups
             for group in groups[len(groups) - out.num_prefill_groups :]:
@@ -338,10 +364,16 @@ class Scheduler:
                 group.metrics.first_token_time = now
             if self._apply_samples(group, samples, now):
                 group.metrics.finished_time = now
-                finished.append(group)
+                (self._held if hold else finished).append(group)
                 any_finished = True
         if any_finished:
             self.running = [g for g in self.running if g.metrics.finished_time is None]
+            if hold and not self.running:  # the padded batch ends: every member finishes now
+                for group in self._held:
+                    group.metrics.finished_time = now
+                finished.extend(self._held)
+                self._held = []
+                self._padded_batch = None
         return finished
 
     def _apply_samples(self, group: SequenceGroup, samples: list[Sample], now: float) -> bool:

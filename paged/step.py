@@ -42,6 +42,10 @@ class SchedulerOutput:
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[SequenceGroup] = field(default_factory=list)
     rejected: list[SequenceGroup] = field(default_factory=list)
+    # A padded static batch (SchedulerConfig.pad_batch, FasterTransformer): (rows, prompt length) the
+    # step really computes: every sequence of the batch, finished ones too, at the batch's longest
+    # prompt. None: the step computes only the scheduled sequences, unpadded.
+    padded_batch: tuple[int, int] | None = None
 
     @property
     def is_empty(self) -> bool:

@@ -26,7 +26,9 @@ class SimulatedExecutor(NullExecutor):
 
     def step_ms(self, out: SchedulerOutput) -> float:
         cm = self.cost_model
-        if out.is_prefill:
+        if out.padded_batch is not None:
+            ms = padded_ms(cm, out)
+        elif out.is_prefill:
             groups = out.scheduled_groups
             num_decode_groups = len(groups) - out.num_prefill_groups
             if num_decode_groups:  # a mixed step: its decoding groups come first
@@ -49,6 +51,22 @@ class SimulatedExecutor(NullExecutor):
         result = super().execute(out)
         result.duration_s = duration
         return result
+
+
+def padded_ms(cm: CostModel, out: SchedulerOutput) -> float:
+    """A step of a padded static batch (FasterTransformer, `SchedulerConfig.pad_batch`): every row of
+    the batch computes, finished or not, as if its prompt were the batch's longest. The prompt step
+    runs rows x longest prompt tokens; a decode step runs rows sequences, each at context longest
+    prompt + tokens generated so far (the same for every member: they started together)."""
+    rows, prompt_len = out.padded_batch
+    if out.is_prefill:
+        return cm.prefill([(prompt_len, 0)] * rows).total_ms
+    for g in out.scheduled_groups:
+        for s in g.seqs:
+            if s.status is _RUNNING:
+                context = prompt_len + len(s.token_ids) - s.num_prompt_tokens
+                return cm.decode_ms(rows, rows * context)
+    return 0.0
 
 
 def prefill_shape(out: SchedulerOutput) -> list[tuple[int, int]]:
