@@ -50,6 +50,10 @@ class SimConfig:
     # sim backend: every predicted step time multiplied by this (what-if slower or faster hardware;
     # harness/calib/sim_vs_real.py: the machine's measured drift since its profile)
     time_scale: float = 1.0
+    # sim backend: how beam search's surviving beams pick their parents (paged/beam_model.py):
+    # "calibrated" (fitted to real beam runs, harness/data/beam_model.json), "uniform" (the earlier
+    # draw), "geometric:theta=T,keep=K", or "calibrated:keep=K" for sensitivity runs
+    beam_model: str = "calibrated"
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -84,7 +88,9 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     if cfg.backend == "real":
         executor, cap = _real_executor(cfg, model, cap)
     else:
-        executor = SimulatedExecutor(cost, seed=cfg.seed, time_scale=cfg.time_scale)
+        executor = SimulatedExecutor(
+            cost, seed=cfg.seed, time_scale=cfg.time_scale, beam_model=cfg.beam_model
+        )
     cache_cfg = CacheConfig(
         num_gpu_blocks=cap.num_gpu_blocks,
         block_size=s.block_size,

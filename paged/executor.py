@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
+from paged.beam_model import BeamModel, load_beam_model
 from paged.sequence import SequenceStatus
 from paged.step import ExecutorResult, Sample, SchedulerOutput
 
@@ -33,16 +34,28 @@ class NullExecutor:
     """Tokens without a model, for tests and the scheduler benchmark: no tensors, fixed step time.
 
     Every running sequence gets one token, never EOS; output lengths therefore follow each request's
-    max_tokens, as in vLLM's benchmarks. Beam-search groups have their beams re-drawn from the
-    current ones at random (seeded), which exercises fork and free as real beam search does.
+    max_tokens, as in vLLM's benchmarks. Beam-search groups have their new beams' parents drawn from
+    the current ones by `beam_model` (paged/beam_model.py; seeded), which exercises fork and free as
+    real beam search does: "uniform" (the default here, each parent uniform over the current beams),
+    "calibrated" (the fit to real beam runs that the simulator uses), "geometric:THETA", or a
+    BeamModel. Under a geometric model the beams are ranked by cumulative log-probability, and each
+    new beam gets a log-probability that puts it at its drawn rank, so the next step ranks the beams
+    as real beam search would.
     """
 
     needs_block_tables = False
 
-    def __init__(self, step_time_s: float = 0.0, seed: int = 0, vocab_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        step_time_s: float = 0.0,
+        seed: int = 0,
+        vocab_size: int = 50_000,
+        beam_model: BeamModel | str = "uniform",
+    ) -> None:
         self.step_time_s = step_time_s
         self.vocab_size = vocab_size
         self.rng = random.Random(seed)
+        self.beam_model = load_beam_model(beam_model)
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         outputs = []
@@ -55,6 +68,9 @@ class NullExecutor:
                 continue
             running = [s for s in seqs if s.status is SequenceStatus.RUNNING]
             if group.sampling_params.use_beam_search:
+                if self.beam_model.kind != "uniform":
+                    outputs.append(self._beam_step(running, group.sampling_params.n))
+                    continue
                 parents = sorted(self.rng.choices(running, k=len(running)), key=lambda s: s.seq_id)
             else:
                 parents = running
@@ -65,3 +81,20 @@ class NullExecutor:
                 ]
             )
         return ExecutorResult(outputs, self.step_time_s)
+
+    def _beam_step(self, running: list, width: int) -> list[Sample]:
+        """One beam-search step under a ranked beam model: parents drawn by rank, and each new beam's
+        log-probability chosen so that its cumulative log-probability, -(generated length) - j / m for
+        new rank j of m, orders the beams as drawn (between -2 and 0 per token)."""
+        # Best first; ties (the first step's identical beams) by id, so the draw is deterministic.
+        ranked = sorted(running, key=lambda s: (-s.cumulative_logprob, s.seq_id))
+        m = len(ranked)
+        gen_len = ranked[0].num_output_tokens + 1
+        vocab = self.vocab_size
+        samples = []
+        for j, r in enumerate(self.beam_model.draw(m, m, self.rng, width)):
+            p = ranked[r]
+            target = -gen_len - j / m
+            token = (len(p.token_ids) * 7919 + p.seq_id * 31 + j) % vocab
+            samples.append(Sample(p.seq_id, token, target - p.cumulative_logprob))
+        return samples

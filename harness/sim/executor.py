@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from harness.sim.cost_model import CostModel
 from paged import ExecutorResult, NullExecutor, SchedulerOutput, SequenceStatus
+from paged.beam_model import BeamModel
 
 _RUNNING = SequenceStatus.RUNNING
 
@@ -19,8 +20,16 @@ class SimulatedExecutor(NullExecutor):
     """NullExecutor's tokens on the cost model's clock: each step lasts what the cost model predicts
     for its composition, times `time_scale`."""
 
-    def __init__(self, cost_model: CostModel, seed: int = 0, time_scale: float = 1.0) -> None:
-        super().__init__(step_time_s=0.0, seed=seed)
+    def __init__(
+        self,
+        cost_model: CostModel,
+        seed: int = 0,
+        time_scale: float = 1.0,
+        beam_model: BeamModel | str = "calibrated",
+    ) -> None:
+        # beam_model: how beam search's parents are drawn (paged/beam_model.py): by default the fit
+        # to real beam runs, harness/data/beam_model.json; "uniform" for the earlier draw.
+        super().__init__(step_time_s=0.0, seed=seed, beam_model=beam_model)
         self.cost_model = cost_model
         self.time_scale = time_scale  # every step's predicted time multiplied by this
 
