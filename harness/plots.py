@@ -85,18 +85,18 @@ def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> 
 
 def _memory_plot(path, series, cfg) -> None:
     """Figure 2: the KV space used, by class, averaged over the run; one bar per line at the highest
-    rate every line ran at (used memory renormalized to 100%, as the paper shows it)."""
+    rate every line ran at, or the rate nearest it where lines ran on their own grids (each bar then
+    names its rate); used memory renormalized to 100%, as the paper shows it."""
     fig, ax = plt.subplots(figsize=(8.0, 4.4), dpi=150)
     labels, bottoms = [], None
     common = min(max(rates) for _, _, rates, _ in series)
     values = []
     for label, _, _rates, pts in series:
-        p = max(
-            (p for p in pts if float(p["request_rate"]) <= common), key=lambda p: float(p["request_rate"])
-        )
+        p = min(pts, key=lambda p: (abs(float(p["request_rate"]) - common), float(p["request_rate"])))
         used = sum(float(p[k]) for k, _, _ in KV) or 1.0
         values.append([100 * float(p[k]) / used for k, _, _ in KV])
-        labels.append(label)
+        rate = float(p["request_rate"])
+        labels.append(label if rate == common else f"{label} ({rate:g} req/s)")
     bottoms = [0.0] * len(values)
     for i, (_, name, color) in enumerate(KV):
         heights = [v[i] for v in values]

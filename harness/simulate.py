@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from baselines.registry import SYSTEMS, build_system
 from harness.metrics import summarize
-from harness.server import REAL_KV_CACHE_GIB, ServerConfig
+from harness.server import REAL_KV_CACHE_GIB, ServerConfig, for_system
 from harness.sim.cost_model import CostModel
 from harness.sim.executor import SimulatedExecutor
 from harness.sim.hardware import GPUSpec, load_hardware
@@ -82,7 +82,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     backend's steps can be priced with it: harness/calib/sim_vs_real.py)."""
     model: ModelSpec = load_model(cfg.model)
     gpu: GPUSpec = load_hardware(cfg.hardware)
-    tp, s = cfg.tensor_parallel_size, cfg.server
+    tp, s = cfg.tensor_parallel_size, for_system(cfg.server, cfg.system)
     cap = kv_capacity(model, gpu, s, tp)
     cost = CostModel(model, gpu, tp, s.block_size)
     if cfg.backend == "real":
@@ -126,7 +126,7 @@ def _real_executor(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
 
     if cfg.tensor_parallel_size != 1:
         raise ValueError("the real backend runs on one device; set tensor_parallel_size=1")
-    s = cfg.server
+    s = for_system(cfg.server, cfg.system)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.real_dtype == "auto":
         dtype = torch.float32 if device == "cpu" else torch.float16
