@@ -84,6 +84,8 @@ class Config:
     duration_s: float = 3600.0  # trace length
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE
     capacity_threshold: float = 0.5  # s/token: capacity is the highest rate below it
+    # sim backend: how beam search's parents are drawn (paged/beam_model.py): calibrated | uniform
+    beam_model: str = "calibrated"
     memory_every: int = 4  # Figure 2 accounting every k-th step (an unbiased sample)
     # [start, end] seconds of the run the artifact-style metrics average over (the artifact's plots cut
     # e.g. [300, 900] s of a 900 s run: docs/metrics.md); None: the whole run

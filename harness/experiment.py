@@ -209,6 +209,7 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
         track_memory=True,
         memory_every=cfg.memory_every,
         seed=cfg.workload.seed,
+        beam_model=cfg.beam_model,
     )
 
 

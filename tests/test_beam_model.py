@@ -33,8 +33,8 @@ def draw_counts(model: BeamModel, width: int, steps: int, seed: int) -> Counter:
 @settings(max_examples=25, deadline=None)
 @given(
     width=st.integers(1, 6),
-    theta=st.floats(0.05, 3.0),
-    keep=st.floats(0.0, 1.0),
+    theta=st.floats(0.05, 3.0, allow_subnormal=False),
+    keep=st.floats(0.0, 1.0, allow_subnormal=False),
 )
 def test_slot_and_count_vector_probabilities_are_distributions(width, theta, keep):
     m = BeamModel(theta=theta, keep=keep)

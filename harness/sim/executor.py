@@ -3,8 +3,8 @@
 It allocates no tensors. Each step's duration is the cost model's prediction for the step's
 composition (prompt tokens and cached context, decoding sequences and their context lengths, or both
 in a mixed step; plus swaps and copies); tokens come from the NullExecutor's rule (one per running
-sequence, never EOS, so every request generates exactly its trace's output length; beams re-drawn at
-random).
+sequence, never EOS, so every request generates exactly its trace's output length; beam parents drawn
+from the beam model, paged/beam_model.py).
 """
 
 from __future__ import annotations
