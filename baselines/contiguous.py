@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
+
 from baselines.buddy import BuddyAllocator, order_for
 from paged.config import CacheConfig
 from paged.memory import AllocPlan, AllocStatus, MemoryUsage
@@ -137,6 +139,12 @@ class ContiguousManager(abc.ABC):
         if chunk is not None:
             self.arena.free(chunk[0])
 
+    # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
+    def decode_run(self, seqs: list[Sequence], lengths: np.ndarray) -> ContiguousDecodeRun:
+        """What runs of plain decode steps do to the arena (paged/fast_forward.py): nothing but fill
+        the chunks reserved at admission."""
+        return ContiguousDecodeRun(self, seqs, lengths)
+
     # ------------------------------------------------------------------ no swapping (Orca, FT)
     def can_swap_out(self, group: SequenceGroup) -> bool:
         return False
@@ -190,3 +198,54 @@ class ContiguousManager(abc.ABC):
             else:
                 usage.free += slots
         return usage
+
+
+class ContiguousDecodeRun:
+    """A contiguous policy's side of a fast-forward (paged/fast_forward.py; the interface of
+    paged.block_manager.PagedDecodeRun): appends take nothing, a sequence may decode until it
+    outgrows its chunk, and each step turns one reserved slot per sequence into a token state."""
+
+    def __init__(self, manager: ContiguousManager, seqs: list[Sequence], lengths: np.ndarray) -> None:
+        self.manager = manager
+        chunks, reserved = manager.chunks, manager.reserved
+        bs = manager.block_size
+        self.capacity = np.array([bs << chunks[s.seq_id][1] for s in seqs], dtype=np.int64)
+        self.reserved = np.array([reserved[s.seq_id] for s in seqs], dtype=np.int64)
+        self.lengths = lengths
+
+    needs_tokens = False
+
+    def take(self, seq: Sequence) -> None:
+        raise AssertionError("a contiguous chunk takes nothing on append")
+
+    def limits(self) -> np.ndarray:
+        """Steps each sequence can take: at step t it holds length + t - 1 tokens, at most its chunk."""
+        return self.capacity - self.lengths + 1
+
+    def budget(self) -> int:
+        return 0
+
+    def appends(self, alive: np.ndarray, t0: int, t1: int) -> list:
+        return []  # append_slot never does anything
+
+    def usage_rows(
+        self, u0: MemoryUsage, alive: np.ndarray, t0: int, k: int, max_kv: np.ndarray, allocs: list
+    ) -> np.ndarray:
+        """[k, 7]: `usage(running)` after each step t0 + 1 .. t0 + k, from u0 (after step t0): each
+        step computes one more token per sequence, a reserved slot become a token state, or, once
+        the sequence passes min(reserved, final), a slot it will use more (less internal
+        fragmentation)."""
+        computed = self.lengths[alive] + t0 - 1
+        slack = np.maximum(np.minimum(self.reserved[alive], max_kv[alive]) - computed, 0)
+        steps = np.arange(1, k + 1, dtype=np.int64)
+        nj = len(alive) * steps
+        grown = np.maximum(steps[None, :] - slack[:, None], 0).sum(axis=0)
+        rows = np.empty((k, 7), dtype=np.int64)
+        rows[:, 0] = u0.token_states + nj
+        rows[:, 1] = u0.reservation + grown - nj
+        rows[:, 2] = u0.internal_fragmentation - grown
+        rows[:, 3] = u0.external_fragmentation
+        rows[:, 4] = u0.free
+        rows[:, 5] = u0.logical_blocks
+        rows[:, 6] = u0.physical_blocks
+        return rows

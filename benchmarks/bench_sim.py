@@ -3,9 +3,12 @@
 Default: OPT-13B on an A100-40GB, ShareGPT-like lengths, Poisson arrivals at 2 req/s over a one-hour
 trace (the paper's Figure 12a setting), vLLM's memory policy. Reports wall time, simulated
 requests / wall s, steps / wall s and µs per sequence-step, with and without the per-step Figure 2
-memory accounting.
+memory accounting, each stepping every step and with the exact fast-forward (paged/fast_forward.py)
+side by side in one run, and the speedup; the runs' metrics must be identical (checked).
 
     python benchmarks/bench_sim.py
+    python benchmarks/bench_sim.py --system orca_max --rate 3.2
+    python benchmarks/bench_sim.py --composition mixed   # the paper profile's step composition
     python benchmarks/bench_sim.py --rate 4 --duration 600 --json out.json
     python benchmarks/bench_sim.py --profile          # cProfile's top functions
     python benchmarks/bench_sim.py --figure           # all of Figure 12: 6 panels x 5 systems x 8 rates
@@ -16,35 +19,48 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import time
 
 from baselines import SYSTEMS
-from harness.simulate import SimConfig, add_run_arguments, simulate
+from harness.metrics import step_series
+from harness.simulate import ServerConfig, SimConfig, add_run_arguments, simulate
 from harness.workload import synthetic
+from paged.config import STEP_COMPOSITIONS
 
 
-def run(args, track_memory: bool) -> dict:
+def run(args, track_memory: bool, fast_forward: bool) -> dict:
     w = synthetic(args.dataset, rate=args.rate, duration_s=args.duration, seed=args.seed)
     cfg = SimConfig(
-        model=args.model, hardware=args.hardware, tensor_parallel_size=args.tp, track_memory=track_memory
+        system=args.system,
+        model=args.model,
+        hardware=args.hardware,
+        tensor_parallel_size=args.tp,
+        track_memory=track_memory,
+        fast_forward=fast_forward,
+        server=ServerConfig(step_composition=args.composition),
     )
     t0 = time.perf_counter()
     r = simulate(w, cfg)
     total = time.perf_counter() - t0
-    seq_steps = sum(s.num_seqs for s in r.engine.steps)
+    series = step_series(r.engine.steps)
+    steps = len(series["start_time"])
+    seq_steps = int(series["num_seqs"].sum())
     return {
         "track_memory": track_memory,
+        "fast_forward": fast_forward,
         "requests": len(w),
-        "steps": len(r.engine.steps),
+        "steps": steps,
+        "records": len(r.engine.steps),
         "seq_steps": seq_steps,
         "wall_s": total,
         "engine_wall_s": r.wall_s,
         "requests_per_wall_s": len(w) / total,
-        "steps_per_wall_s": len(r.engine.steps) / total,
+        "steps_per_wall_s": steps / total,
         "us_per_seq_step": 1e6 * r.wall_s / max(seq_steps, 1),
         "simulated_s": r.engine.clock,
-        "normalized_latency": r.metrics["normalized_latency"],
+        "metrics": r.metrics,
     }
 
 
@@ -58,6 +74,19 @@ PANELS = [
     ("alpaca", "opt-66b", "a100-40gb", 4, 3600, [2, 4, 6, 8, 10, 12, 14, 16]),
     ("alpaca", "opt-175b", "a100-80gb", 8, 900, [4, 8, 12, 16, 20, 24, 28, 32]),
 ]
+
+
+def machine() -> str:
+    """The CPU this ran on (absolute times mean little without it)."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
 
 
 def _point(job) -> dict:
@@ -105,6 +134,8 @@ def figure(workers: int, systems: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(ap, rate=2.0)
+    ap.add_argument("--system", default="vllm", choices=SYSTEMS)
+    ap.add_argument("--composition", default="separate", choices=STEP_COMPOSITIONS)
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--figure", action="store_true", help="time the six panels of Figure 12 (vLLM)")
@@ -114,24 +145,36 @@ def main() -> None:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args, True)
+        run(args, True, True)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
         return
     if args.figure:
         rows = figure(args.workers, args.systems)
     else:
-        rows = [run(args, False), run(args, True)]
-        print(f"{args.model} on {args.hardware} x{args.tp}, {args.dataset}, ", end="")
-        print(f"{args.rate} req/s, {args.duration:.0f} s")
-        print(f"{'accounting':>10} {'requests':>9} {'steps':>8} {'wall s':>7} {'req/wall s':>11} ", end="")
-        print(f"{'steps/wall s':>13} {'us/seq-step':>12}")
+        rows = []
+        for track_memory in (False, True):
+            pair = [run(args, track_memory, False), run(args, track_memory, True)]
+            if pair[0]["metrics"].keys() != pair[1]["metrics"].keys() or any(
+                a != b and a == a for a, b in zip(pair[0]["metrics"].values(), pair[1]["metrics"].values())
+            ):
+                raise SystemExit("fast-forward changed the metrics: a bug (tests/test_fast_forward.py)")
+            pair[1]["speedup"] = pair[0]["wall_s"] / pair[1]["wall_s"]
+            rows += pair
+        print(f"{args.system} on {args.model}, {args.hardware} x{args.tp}, {args.dataset}, ", end="")
+        print(f"{args.rate} req/s, {args.duration:.0f} s, {args.composition} steps; {machine()}")
+        print(f"{'accounting':>10} {'fast-fwd':>8} {'requests':>9} {'steps':>8} ", end="")
+        print(f"{'records':>8} {'wall s':>7} ", end="")
+        print(f"{'steps/wall s':>13} {'us/seq-step':>12} {'speedup':>8}")
         for r in rows:
             print(
-                f"{'on' if r['track_memory'] else 'off':>10} {r['requests']:>9} {r['steps']:>8} "
-                f"{r['wall_s']:>7.2f} {r['requests_per_wall_s']:>11.0f} {r['steps_per_wall_s']:>13.0f} "
-                f"{r['us_per_seq_step']:>12.2f}"
+                f"{'on' if r['track_memory'] else 'off':>10} {'on' if r['fast_forward'] else 'off':>8} "
+                f"{r['requests']:>9} {r['steps']:>8} {r['records']:>8} {r['wall_s']:>7.2f} "
+                f"{r['steps_per_wall_s']:>13.0f} {r['us_per_seq_step']:>12.3f} "
+                f"{r.get('speedup', 1.0):>7.1f}x"
             )
+        for r in rows:
+            r.pop("metrics")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=2)

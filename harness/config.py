@@ -87,6 +87,15 @@ class Config:
     # sim backend: how beam search's parents are drawn (paged/beam_model.py): calibrated | uniform
     beam_model: str = "calibrated"
     memory_every: int = 4  # Figure 2 accounting every k-th step (an unbiased sample)
+    # sim backend: advance runs of plain decode steps at once, results identical to stepping
+    # (paged/fast_forward.py, docs/simulator.md); false: step every one
+    fast_forward: bool = True
+    # End points far past capacity early (harness/overload.py, docs/simulator.md): once the queue has
+    # grown over early_stop_window_s and the requests finished in that window average more than
+    # early_stop_factor x capacity_threshold s/token; marked early_stopped in points.csv
+    early_stop: bool = False
+    early_stop_factor: float = 10.0
+    early_stop_window_s: float = 300.0
     # [start, end] seconds of the run the artifact-style metrics average over (the artifact's plots cut
     # e.g. [300, 900] s of a 900 s run: docs/metrics.md); None: the whole run
     metrics_window_s: list[float] | None = None

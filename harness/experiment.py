@@ -17,6 +17,7 @@ from baselines import SYSTEMS
 from harness.capacity import capacity
 from harness.config import SWEEPABLE, Config
 from harness.metrics import ARTIFACT_COLUMNS, artifact_metrics, check_window, step_series
+from harness.overload import OverloadStop
 from harness.results import (
     POINT_COLUMNS,
     REQUEST_COLUMNS,
@@ -103,6 +104,11 @@ def validate(cfg: Config) -> None:
             raise ExperimentError(f"rates_by_system.{system} must list positive req/s, got {list(rates)}")
     if cfg.duration_s <= 0:
         raise ExperimentError(f"duration_s must be positive, got {cfg.duration_s}")
+    if cfg.early_stop and not (cfg.early_stop_factor > 0 and cfg.early_stop_window_s >= 60):
+        raise ExperimentError(
+            "early_stop needs early_stop_factor > 0 (e.g. 10) and early_stop_window_s >= 60 "
+            f"(checks run every 60 s), got {cfg.early_stop_factor} and {cfg.early_stop_window_s}"
+        )
     for key, values in cfg.sweep.items():
         if key not in SWEEPABLE:
             raise ExperimentError(f"cannot sweep {key!r}: sweepable parameters are {', '.join(SWEEPABLE)}")
@@ -210,6 +216,10 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
         memory_every=cfg.memory_every,
         seed=cfg.workload.seed,
         beam_model=cfg.beam_model,
+        fast_forward=cfg.fast_forward,
+        early_stop=OverloadStop(cfg.early_stop_factor * cfg.capacity_threshold, cfg.early_stop_window_s)
+        if cfg.early_stop
+        else None,
     )
 
 
@@ -253,6 +263,8 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             "kv_free_pct",
             *ARTIFACT_COLUMNS,
             "num_steps",
+            "early_stopped",
+            "stopped_at_s",
             "num_gpu_blocks",
             "kv_slots",
             "mean_itl_ms",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from paged import SequenceGroup, StepRecord
+from paged import DecodeRun, SequenceGroup, StepRecord
 
 KV_CLASSES = (
     "kv_token_states_pct",
@@ -111,21 +111,39 @@ ARTIFACT_COLUMNS = (
 )
 
 
-def step_series(steps: list[StepRecord], paged: bool = False) -> dict[str, np.ndarray]:
-    """The steps as columns (docs/metrics.md, "Per-step series"). `paged`: the memory policy is the
-    paged block manager (the artifact's Figure 2 rule for vLLM needs to know).
+def step_series(steps: list[StepRecord | DecodeRun], paged: bool = False) -> dict[str, np.ndarray]:
+    """The steps as columns (docs/metrics.md, "Per-step series"); a fast-forwarded `DecodeRun` gives
+    the rows of the steps it stands for. `paged`: the memory policy is the paged block manager (the
+    artifact's Figure 2 rule for vLLM needs to know).
 
     `num_running_groups` is the count when the step was scheduled, new prompts included (the
     artifact's `len(running)`); `num_finished` counts the groups completed in the step (not rejected
     ones, which never ran)."""
-    n = len(steps)
+    n = sum(len(s) if type(s) is DecodeRun else 1 for s in steps)
     start = np.empty(n)
     duration = np.empty(n)
     executed = np.empty(n, dtype=bool)
     is_prefill = np.empty(n, dtype=bool)
     counts = np.zeros((len(STEP_COUNTS), n), dtype=np.int64)
     memory = np.full((len(MEMORY_COLUMNS), n), np.nan)
-    for i, s in enumerate(steps):
+    i = 0
+    for s in steps:
+        if type(s) is DecodeRun:
+            k = len(s)
+            end = i + k
+            start[i:end] = s.start_times
+            duration[i:end] = s.durations
+            executed[i:end] = True
+            is_prefill[i:end] = False
+            for row in (0, 1):  # num_groups, num_running_groups
+                counts[row, i:end] = s.num_groups
+            for row in (2, 3):  # num_seqs, num_tokens (one each)
+                counts[row, i:end] = s.num_seqs
+            counts[6, end - 1] = sum(1 for g in s.finished if g.reject_reason is None)
+            if s.memory is not None:
+                memory[:, i:end] = s.memory.T
+            i = end
+            continue
         start[i] = s.start_time
         duration[i] = s.duration_s
         executed[i] = s.executed
@@ -154,6 +172,7 @@ def step_series(steps: list[StepRecord], paged: bool = False) -> dict[str, np.nd
                 m.logical_blocks,
                 m.physical_blocks,
             )
+        i += 1
     series = {"start_time": start, "duration_s": duration, "executed": executed, "is_prefill": is_prefill}
     series.update(zip(STEP_COUNTS, counts))
     series.update(zip(MEMORY_COLUMNS, memory))
@@ -219,7 +238,7 @@ def series_step_metrics(series: dict[str, np.ndarray], window: list[float] | Non
     return out
 
 
-def step_metrics(steps: list[StepRecord]) -> dict:
+def step_metrics(steps: list[StepRecord | DecodeRun]) -> dict:
     """Per-step metrics. Steps and batch sizes count the steps that ran (`executed`); preemptions and
     swapped blocks count every step, so they equal the scheduler's own counters."""
     return series_step_metrics(step_series(steps))
@@ -268,6 +287,6 @@ def artifact_metrics(series: dict[str, np.ndarray], window: list[float] | None =
     return out
 
 
-def summarize(groups: list[SequenceGroup], steps: list[StepRecord]) -> dict:
+def summarize(groups: list[SequenceGroup], steps: list[StepRecord | DecodeRun]) -> dict:
     """Every metric of docs/metrics.md for one run."""
     return {**request_metrics(groups), **step_metrics(steps)}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from baselines.registry import SYSTEMS, build_system
 from harness.metrics import summarize
+from harness.overload import OverloadStop
 from harness.server import REAL_KV_CACHE_GIB, ServerConfig, for_system
 from harness.sim.cost_model import CostModel
 from harness.sim.executor import SimulatedExecutor
@@ -54,6 +55,11 @@ class SimConfig:
     # "calibrated" (fitted to real beam runs, harness/data/beam_model.json), "uniform" (the earlier
     # draw), "geometric:theta=T,keep=K", or "calibrated:keep=K" for sensitivity runs
     beam_model: str = "calibrated"
+    # Advance runs of plain decode steps at once (paged/fast_forward.py): results identical to
+    # stepping them one by one (tests/test_fast_forward.py), many times faster. False: step every one.
+    fast_forward: bool = True
+    # End a run far past capacity early (harness/overload.py): None runs every request to the end.
+    early_stop: OverloadStop | None = None
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -109,7 +115,11 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch
     )
     engine = Engine(
-        Scheduler(sched_cfg, memory), executor, track_memory=cfg.track_memory, memory_every=cfg.memory_every
+        Scheduler(sched_cfg, memory),
+        executor,
+        track_memory=cfg.track_memory,
+        memory_every=cfg.memory_every,
+        fast_forward=cfg.fast_forward,
     )
     return engine, cap, cost
 
@@ -163,14 +173,29 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
         def on_finish(_group):
             bar.update(1)
 
+    stop = cfg.early_stop
+    should_stop = None
+    if stop is not None:
+        stop = replace(stop, num_requests=len(groups))  # a fresh one per run: it keeps its history
+        should_stop = stop.should_stop
+        count = on_finish
+
+        def on_finish(group):
+            stop.on_finish(group)
+            if count is not None:
+                count(group)
+
     start = time.perf_counter()
-    engine.run(groups, on_finish=on_finish)
+    engine.run(groups, on_finish=on_finish, should_stop=should_stop)
     wall = time.perf_counter() - start
     if bar is not None:
         bar.close()
     metrics = summarize(groups, engine.steps)
     metrics["num_gpu_blocks"] = cap.num_gpu_blocks
     metrics["kv_slots"] = cap.num_slots
+    stopped = stop is not None and stop.stopped_at is not None
+    metrics["early_stopped"] = stopped
+    metrics["stopped_at_s"] = stop.stopped_at if stopped else float("nan")
     return SimResult(metrics, groups, engine, cap, wall)
 
 

@@ -12,7 +12,7 @@ from paged.memory import AllocPlan, AllocStatus, KVCacheManager, MemoryUsage
 from paged.sampling_params import SamplingParams
 from paged.scheduler import Scheduler
 from paged.sequence import Sequence, SequenceGroup, SequenceStatus, SharedPrefix
-from paged.step import ExecutorResult, Sample, SchedulerOutput, StepRecord
+from paged.step import DecodeRun, ExecutorResult, Sample, SchedulerOutput, StepRecord
 
 _LAZY = {"LLM": "paged.llm", "RequestOutput": "paged.llm", "CompletionOutput": "paged.llm"}
 
@@ -49,4 +49,5 @@ __all__ = [
     "SequenceStatus",
     "SharedPrefix",
     "StepRecord",
+    "DecodeRun",
 ]

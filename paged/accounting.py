@@ -69,6 +69,18 @@ class MemoryUsage:
         return (self.logical_blocks - self.physical_blocks) / self.logical_blocks
 
 
+# MemoryUsage's counts in the order of a DecodeRun's memory rows and of harness/metrics.py's columns.
+MEMORY_FIELDS = (
+    "token_states",
+    "reservation",
+    "internal_fragmentation",
+    "external_fragmentation",
+    "free",
+    "logical_blocks",
+    "physical_blocks",
+)
+
+
 class PagedKV(Protocol):
     """What the count reads of a paged block manager (`paged.block_manager.BlockManager`)."""
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from paged.accounting import MemoryUsage, paged_usage
 from paged.block import BlockAllocator
 from paged.config import CacheConfig
@@ -362,6 +364,20 @@ class BlockManager:
         for b in reversed(table):
             pool.decref(b)
 
+    # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
+    def decode_run(self, seqs: list[Sequence], lengths: np.ndarray) -> PagedDecodeRun | None:
+        """What runs of plain decode steps do to this cache (paged/fast_forward.py), or None when a
+        running sequence's last block is shared: its next append copies it (an event)."""
+        ref_counts = self.gpu.ref_counts
+        tables = self.block_tables
+        num_blocks = []
+        for s in seqs:
+            table = tables[s.seq_id]
+            if ref_counts[table[-1]] > 1:
+                return None
+            num_blocks.append(len(table))
+        return PagedDecodeRun(self, np.array(num_blocks, dtype=np.int64), lengths)
+
     # ------------------------------------------------------------------ swapping (section 4.5)
     def can_swap_out(self, group: SequenceGroup) -> bool:
         unique = {b for s in group.get_seqs(SequenceStatus.RUNNING) for b in self.block_tables[s.seq_id]}
@@ -439,3 +455,123 @@ class BlockManager:
     def usage(self, running: list[SequenceGroup]) -> MemoryUsage:
         """The device KV space in Figure 2's classes (paged/accounting.py)."""
         return paged_usage(self, running)
+
+
+class PagedDecodeRun:
+    """The paged cache's side of a fast-forward (paged/fast_forward.py) over `seqs`, whose lengths
+    were `lengths` when it began: which steps take blocks, how many blocks there are to take, and
+    the Figure 2 counts after each step. Steps t count from the fast-forward's start: at step t a
+    sequence holds length + t - 1 tokens, and `append_slot` makes room for the newest."""
+
+    def __init__(self, manager: BlockManager, num_blocks: np.ndarray, lengths: np.ndarray) -> None:
+        self.manager = manager
+        bs = manager.block_size
+        # The step at which each sequence first takes a block: when its tokens first exceed its
+        # table (one token into a new block); then every block_size steps.
+        self.first_alloc = num_blocks * bs + 2 - lengths
+        self.num_blocks = num_blocks  # each table's length at the start
+        self.lengths = lengths
+        self.cached = manager.prefix_cache is not None
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether `take` must see the sequence's tokens up to the step (the prefix cache hashes the
+        blocks it publishes); without it, only the count matters."""
+        return self.cached
+
+    def take(self, seq: Sequence) -> None:
+        """What `append_slot` does for the sequence at a step `appends` names: with the prefix cache,
+        append_slot itself (the tokens are there); without, it takes a block onto the table, which
+        is all append_slot does at such a step."""
+        if self.cached:
+            if self.manager.append_slot(seq) is not None:
+                raise AssertionError(f"a fast-forwarded append of {seq} copied a block")
+        else:
+            self.manager.block_tables[seq.seq_id].append(self.manager.gpu.allocate())
+
+    def limits(self) -> np.ndarray:
+        """Steps each sequence can take with nothing but fresh blocks: no limit (last blocks are
+        private, and a taken block is private)."""
+        return np.full(len(self.lengths), 1 << 62, dtype=np.int64)
+
+    def budget(self) -> int:
+        """Blocks the appends may take before a decode step would have to preempt."""
+        return self.manager.gpu.num_free
+
+    def appends(self, alive: np.ndarray, t0: int, t1: int) -> list[tuple[int, int, bool]]:
+        """(t, i, takes a block) for each step t0 < t <= t1 at which `append_slot` does something for
+        sequence i (alive: the indices still running), sorted as stepping calls it (step, then
+        running order). A block is taken at the steps above; with the prefix cache, one is also
+        published when the newest token fills it. At every other step append_slot changes nothing."""
+        bs = self.manager.block_size
+        steps = []
+        first = self.first_alloc[alive]
+        # The first block step after t0 of each sequence, then one every block_size steps.
+        nxt = np.where(first > t0, first, first + -(-(t0 + 1 - first) // bs) * bs)
+        while True:
+            due = nxt <= t1
+            if not due.any():
+                break
+            for t, i in zip(nxt[due].tolist(), alive[due].tolist()):
+                steps.append((t, i, True))
+            nxt = nxt + bs
+        if self.cached:
+            taken = {(t, i) for t, i, _ in steps}
+            fill = self.lengths[alive] - 1  # tokens at step t: length + t - 1, a block's end when % bs == 0
+            nxt = t0 + 1 + (-(fill + t0 + 1) % bs)
+            while True:
+                due = nxt <= t1
+                if not due.any():
+                    break
+                for t, i in zip(nxt[due].tolist(), alive[due].tolist()):
+                    if (t, i) not in taken:
+                        steps.append((t, i, False))
+                nxt = nxt + bs
+        steps.sort()
+        return steps
+
+    def usage_rows(
+        self,
+        u0: MemoryUsage,
+        alive: np.ndarray,
+        t0: int,
+        k: int,
+        max_kv: np.ndarray,
+        allocs: list[tuple[int, int]],
+    ) -> np.ndarray:
+        """[k, 7]: `usage(running)` after each step t0 + 1 .. t0 + k, in MEMORY_FIELDS order, from
+        u0 (the count after step t0) plus what each step changes: every sequence's computed tokens
+        grow by one, and a taken block (allocs: (step, i)) moves the sequence's last block, its
+        filled and future slots (paged/accounting.py). max_kv: each sequence's final KV length."""
+        bs = self.manager.block_size
+        taken = np.zeros(k + 1, dtype=np.int64)
+        future_delta = np.zeros(k + 1, dtype=np.int64)
+        blocks: dict[int, int] = {}  # per sequence taking blocks: its table's length so far
+        future: dict[int, int] = {}  # ... and its last block's future slots
+        first = self.first_alloc
+        for t, i in allocs:
+            n = blocks.get(i)
+            if n is None:  # its last block as usage() counts it after step t0
+                n = int(self.num_blocks[i]) + (int(t0 - first[i]) // bs + 1 if t0 >= first[i] else 0)
+                base = (n - 1) * bs
+                filled = min(max(self.lengths[i] + t0 - 1 - base, 0), bs)
+                future[i] = min(max(max_kv[i] - base, filled), bs)
+            n += 1
+            blocks[i] = n
+            # The new last block holds one computed token (the one that spilled into it).
+            new = min(max(max_kv[i] - (n - 1) * bs, 1), bs)
+            taken[t - t0] += 1
+            future_delta[t - t0] += new - future[i]
+            future[i] = new
+        a = np.cumsum(taken)[1:]
+        df = np.cumsum(future_delta)[1:]
+        nj = len(alive) * np.arange(1, k + 1, dtype=np.int64)
+        rows = np.empty((k, 7), dtype=np.int64)
+        rows[:, 0] = u0.token_states + nj
+        rows[:, 1] = u0.reservation + df - (nj - bs * a)
+        rows[:, 2] = u0.internal_fragmentation - df
+        rows[:, 3] = u0.external_fragmentation
+        rows[:, 4] = u0.free - bs * a
+        rows[:, 5] = u0.logical_blocks + a
+        rows[:, 6] = u0.physical_blocks + a
+        return rows

@@ -11,26 +11,52 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from paged.executor import Executor
+from paged.fast_forward import fast_forward, supports_fast_forward
 from paged.scheduler import Scheduler
 from paged.sequence import SequenceGroup
-from paged.step import StepRecord
+from paged.step import DecodeRun, StepRecord
 
 
 class Engine:
     """Feeds requests to the scheduler as they arrive and runs steps until all are finished."""
 
     def __init__(
-        self, scheduler: Scheduler, executor: Executor, track_memory: bool = False, memory_every: int = 1
+        self,
+        scheduler: Scheduler,
+        executor: Executor,
+        track_memory: bool = False,
+        memory_every: int = 1,
+        fast_forward: bool = False,
     ):
         """track_memory: record the Figure 2 memory classes after every `memory_every`-th executed step
-        (a systematic sample: the run's time-weighted averages stay unbiased at a fraction of the cost)."""
+        (a systematic sample: the run's time-weighted averages stay unbiased at a fraction of the cost).
+        fast_forward: `run` advances runs of plain decode steps at once where the executor and the
+        memory policy can (paged/fast_forward.py: the simulator's; results identical to stepping)."""
         self.scheduler = scheduler
         self.executor = executor
         self.track_memory = track_memory
         self.memory_every = max(1, memory_every)
+        self.fast_forward = fast_forward
         self.clock = 0.0
-        self.steps: list[StepRecord] = []
-        self.num_executed = 0  # steps that called the executor
+        # One StepRecord per step, or one DecodeRun per fast-forwarded run of steps (records()
+        # expands them).
+        self.steps: list[StepRecord | DecodeRun] = []
+        self.num_executed = 0  # steps that called the executor (fast-forwarded ones included)
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(r) if type(r) is DecodeRun else 1 for r in self.steps)
+
+    def records(self) -> list[StepRecord]:
+        """Every step as a StepRecord, fast-forwarded runs expanded."""
+        total = self.scheduler.memory.num_total_slots
+        out: list[StepRecord] = []
+        for r in self.steps:
+            if type(r) is DecodeRun:
+                out.extend(r.records(total))
+            else:
+                out.append(r)
+        return out
 
     def step(self) -> StepRecord:
         """Run one iteration at the current clock and record it."""
@@ -77,14 +103,18 @@ class Engine:
         self,
         groups: Iterable[SequenceGroup],
         on_finish: Callable[[SequenceGroup], None] | None = None,
+        should_stop: Callable[[Engine], bool] | None = None,
     ) -> list[SequenceGroup]:
-        """Replay requests by arrival time until every one has finished (or been rejected).
+        """Replay requests by arrival time until every one has finished (or been rejected), or until
+        `should_stop(engine)`, asked before every step, says so (harness/overload.py).
 
-        When nothing is running the clock jumps to the next arrival.
+        When nothing is running the clock jumps to the next arrival. With `fast_forward`, runs of
+        plain decode steps are advanced at once (paged/fast_forward.py).
         """
         pending = sorted(groups, key=lambda g: g.arrival_time)
         sched = self.scheduler
         finished: list[SequenceGroup] = []
+        skip = self.fast_forward and supports_fast_forward(self.executor, sched.memory)
         i = 0
         while i < len(pending) or sched.has_unfinished:
             while i < len(pending) and pending[i].arrival_time <= self.clock:
@@ -93,6 +123,18 @@ class Engine:
             if not sched.has_unfinished:
                 self.clock = pending[i].arrival_time
                 continue
+            if should_stop is not None and should_stop(self):
+                break
+            if skip:
+                runs = fast_forward(self, pending[i].arrival_time if i < len(pending) else float("inf"))
+                if runs:
+                    self.steps.extend(runs)
+                    for run in runs:
+                        finished.extend(run.finished)
+                        if on_finish is not None:
+                            for g in run.finished:
+                                on_finish(g)
+                    continue
             record = self.step()
             finished.extend(record.finished)
             if on_finish is not None:

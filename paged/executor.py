@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
+import numpy as np
+
 from paged.beam_model import BeamModel, load_beam_model
 from paged.sequence import SequenceStatus
 from paged.step import ExecutorResult, Sample, SchedulerOutput
@@ -81,6 +83,37 @@ class NullExecutor:
                 ]
             )
         return ExecutorResult(outputs, self.step_time_s)
+
+    # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
+    # A plain decode step's token for a sequence of length x is (x * 7919 + offset) % vocab, offset
+    # its id (a group of one) or id * 31 + its index among the group's running sequences: `execute`.
+    def run_offsets(self, groups: list) -> list[int]:
+        """The token offset of each running sequence of `groups`, in order (no beam search)."""
+        offsets = []
+        for group in groups:
+            seqs = group.seqs
+            if len(seqs) == 1:
+                offsets.append(seqs[0].seq_id)
+                continue
+            i = 0
+            for s in seqs:
+                if s.status is SequenceStatus.RUNNING:
+                    offsets.append(s.seq_id * 31 + i)
+                    i += 1
+        return offsets
+
+    def run_tokens(self, offset: int, start: int, end: int) -> list[int]:
+        """The tokens `execute` gives a sequence of that offset at lengths start .. end - 1."""
+        vocab = self.vocab_size
+        return [(x * 7919 + offset) % vocab for x in range(start, end)]
+
+    def run_durations(
+        self, scheduler, num_seqs: int, context: int, k: int, lead: tuple[int, int]
+    ) -> np.ndarray:
+        """Seconds each of the next k plain decode steps takes (num_seqs sequences whose contexts
+        hold `context` tokens at the first step, one more each per step; lead: length and prompt
+        length of the first running sequence)."""
+        return np.full(k, float(self.step_time_s))
 
     def _beam_step(self, running: list, width: int) -> list[Sample]:
         """One beam-search step under a ranked beam model: parents drawn by rank, and each new beam's

@@ -22,7 +22,7 @@ from collections import deque
 
 from paged.config import SchedulerConfig
 from paged.memory import AllocStatus, KVCacheManager
-from paged.sequence import FINISHED, SequenceGroup, SequenceStatus, next_seq_id
+from paged.sequence import FINISHED, Sequence, SequenceGroup, SequenceStatus, next_seq_id
 from paged.step import Sample, SchedulerOutput
 
 _RUNNING = SequenceStatus.RUNNING
@@ -350,8 +350,7 @@ class Scheduler:
         """Apply the step's samples: append tokens, fork and drop beams, finish sequences and
         groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
         finished = list(out.rejected)
-        any_finished = False
-        hold = self.config.pad_batch
+        done = []
         if out.is_prefill:  # the prompt groups are the last num_prefill_groups of the step
             groups = out.scheduled_groups
             for group in groups[len(groups) - out.num_prefill_groups :]:
@@ -363,17 +362,101 @@ class Scheduler:
             if group.metrics.first_token_time is None:
                 group.metrics.first_token_time = now
             if self._apply_samples(group, samples, now):
+                done.append(group)
+        if done:
+            self._retire(done, finished, now)
+        return finished
+
+    def _retire(self, done: list[SequenceGroup], finished: list[SequenceGroup], now: float) -> None:
+        """Groups whose every sequence finished in this step leave the running batch (into `finished`;
+        under pad_batch they are held until the padded batch ends)."""
+        hold = self.config.pad_batch
+        for group in done:
+            group.metrics.finished_time = now
+        (self._held if hold else finished).extend(done)
+        self.running = [g for g in self.running if g.metrics.finished_time is None]
+        if hold and not self.running:  # the padded batch ends: every member finishes now
+            for group in self._held:
                 group.metrics.finished_time = now
-                (self._held if hold else finished).append(group)
-                any_finished = True
-        if any_finished:
-            self.running = [g for g in self.running if g.metrics.finished_time is None]
-            if hold and not self.running:  # the padded batch ends: every member finishes now
-                for group in self._held:
-                    group.metrics.finished_time = now
-                finished.extend(self._held)
-                self._held = []
-                self._padded_batch = None
+            finished.extend(self._held)
+            self._held = []
+            self._padded_batch = None
+
+    # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
+    def decodes_only(self) -> str | None:
+        """Whether the next `schedule()` is certain to be a plain decode step: every running group
+        decodes one token per sequence, and nothing is admitted, swapped in, rejected or copied,
+        provided the free memory covers the appends (the fast-forward checks that). And whether that
+        stays so for the steps after it, as long as nothing finishes and the free memory only shrinks:
+
+        - None: no (a beam-search group, pending fork copies, a waiting request that would be
+          admitted or rejected, a group with an EOS to watch for, ...);
+        - "until_arrival": yes, until a request arrives (the waiting queue is empty and would admit);
+        - "steady": yes, arrivals included (they queue behind a head that cannot be admitted, or
+          admission is not tried at all: swapped groups wait, or a static batch is running).
+
+        Every rule here mirrors one of `schedule()`'s: a blocked head stays blocked while free memory
+        only shrinks and the running batch is unchanged (LATER, the token and sequence budgets), and
+        so does a swapped group that cannot come back. tests/test_fast_forward.py checks the outcome
+        against stepping on random workloads."""
+        if not self.running or self._pending_copies:
+            return None
+        for g in self.running:
+            params = g.sampling_params
+            if params.use_beam_search or g.metrics.first_token_time is None:
+                return None  # beam steps fork and drop sequences: every one is an event
+            if g.eos_token_id is not None and not params.ignore_eos:
+                return None
+        if not self._running_sorted:  # as _decode would, first thing
+            self.running.sort(key=_arrival)
+            self._running_sorted = True
+        cfg = self.config
+        if self.swapped or (self.waiting and cfg.batching != "request"):
+            num_seqs = 0
+            for g in self.running:
+                num_seqs += g.max_num_running_seqs
+        if self.swapped:
+            # Swap-in is tried every step (no step of a run swaps out); it must fail, and then it
+            # keeps failing: the swapped group needs a fixed number of free blocks.
+            self.swapped.sort(key=_arrival)  # as _swap_in would
+            group = self.swapped[0]
+            n = group.max_num_running_seqs
+            if self.memory.can_swap_in(group) and num_seqs + n <= cfg.max_num_seqs:
+                return None
+            return "steady"  # admission waits while any group is swapped out
+        if cfg.batching == "request":
+            return "steady"  # a static batch admits nothing until it ends
+        if not self.waiting:
+            return "until_arrival"
+        # The head of the queue must be blocked, by a reason that lasts: _admit's first iteration.
+        group = self.waiting[0]
+        if self._static_reject_reason(group) is not None:
+            return None
+        plan = self.memory.can_allocate(group)
+        if plan.status is AllocStatus.LATER:
+            return "steady"
+        if plan.status is AllocStatus.NEVER:
+            return None
+        if cfg.step_composition == "mixed":  # the decodes count against the token budget
+            if num_seqs + plan.num_new_tokens > cfg.max_num_batched_tokens:
+                return "steady"
+        if num_seqs + group.max_num_running_seqs > cfg.max_num_seqs:
+            return "steady"
+        return None
+
+    def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:
+        """The end of a fast-forwarded run (paged/fast_forward.py): the sequences that reached their
+        length limit with its last token are stopped and freed, in the order post-processing stops
+        them; groups with no sequence left running finish. Returns the finished groups."""
+        done = []
+        for group, seq in stopped:
+            if not self._check_stop(group, seq):
+                raise AssertionError(f"{seq} was fast-forwarded to a stop it does not reach")
+            if (not done or done[-1] is not group) and all(s.status in FINISHED for s in group.seqs):
+                done.append(group)
+        finished: list[SequenceGroup] = []
+        if done:
+            self._retire(done, finished, now)
         return finished
 
     def _apply_samples(self, group: SequenceGroup, samples: list[Sample], now: float) -> bool:

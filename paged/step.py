@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from paged.memory import MemoryUsage
+import numpy as np
+
+from paged.accounting import MEMORY_FIELDS, MemoryUsage
 from paged.sequence import Sequence, SequenceGroup
 
 
@@ -104,3 +106,50 @@ class StepRecord:
     num_blocks_copied: int
     finished: list[SequenceGroup]  # groups that finished in this step, rejected ones included
     memory: MemoryUsage | None = None
+
+
+@dataclass(slots=True)
+class DecodeRun:
+    """k = len(start_times) consecutive plain decode steps that the fast-forward advanced at once
+    (paged/fast_forward.py). It stands for k `StepRecord`s, each executed, a decode step of
+    `num_groups` groups and `num_seqs` sequences (one token each), nothing preempted, rejected,
+    swapped or copied, and the groups in `finished` finishing at the last one. `memory`: [k, 7]
+    Figure 2 counts after each step in MEMORY_FIELDS order, NaN on steps not sampled; None when
+    memory is not tracked. `records()` gives the StepRecords themselves."""
+
+    start_times: np.ndarray
+    durations: np.ndarray
+    num_groups: int
+    num_seqs: int
+    finished: list[SequenceGroup]
+    memory: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.start_times)
+
+    def records(self, total_slots: int = 0) -> list[StepRecord]:
+        """The k steps as StepRecords (total_slots: MemoryUsage.total of the sampled ones)."""
+        k = len(self.start_times)
+        out = []
+        for j in range(k):
+            record = StepRecord(
+                float(self.start_times[j]),
+                float(self.durations[j]),
+                True,
+                False,
+                self.num_groups,
+                self.num_groups,
+                self.num_seqs,
+                self.num_seqs,
+                0,
+                0,
+                0,
+                0,
+                0,
+                self.finished if j == k - 1 else [],
+            )
+            if self.memory is not None and not np.isnan(self.memory[j, 0]):
+                values = (int(v) for v in self.memory[j])
+                record.memory = MemoryUsage(total_slots, **dict(zip(MEMORY_FIELDS, values)))
+            out.append(record)
+        return out

@@ -173,7 +173,7 @@ def run_real(llm, prompts, width: int, args) -> tuple[list[dict], dict, float]:
     engine.run(groups)
     wall = time.perf_counter() - start
     assert all(g.reject_reason is None for g in groups)
-    return rec.records, sharing_summary(engine.steps), wall
+    return rec.records, sharing_summary(engine.records()), wall
 
 
 def run_sim(prompt_lens, width: int, args, model: BeamModel, seed: int) -> tuple[list[dict], dict]:
@@ -186,7 +186,7 @@ def run_sim(prompt_lens, width: int, args, model: BeamModel, seed: int) -> tuple
     engine = Engine(scheduler, rec, track_memory=True)
     engine.run(groups_for([[5] * n for n in prompt_lens], width, args.max_tokens, True, None))
     assert scheduler.memory.gpu.num_free == args.num_gpu_blocks  # every beam freed
-    return rec.records, sharing_summary(engine.steps)
+    return rec.records, sharing_summary(engine.records())
 
 
 def count_vectors(records: list[dict], width: int) -> Counter:

@@ -194,7 +194,7 @@ def test_every_system_runs_and_its_waste_sums_to_the_cache(system, workload):
     w = Workload.load(workload)
     r = simulate(w, SimConfig(system=system))
     assert r.metrics["num_completed"] == len(w)
-    for step in r.engine.steps:
+    for step in r.engine.records():  # fast-forwarded stretches expanded
         step.memory.check()  # five classes sum to the KV space at every step
     for req, g in zip(w.requests, r.groups):
         assert g.seqs[0].num_output_tokens == req.output_len

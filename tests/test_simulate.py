@@ -56,7 +56,7 @@ def test_shared_prefix_is_computed_once():
     engine, _, _ = build(SimConfig(model="llama-13b"))
     groups = w.to_sequence_groups()
     engine.run(groups)
-    prefill_tokens = sum(s.num_tokens for s in engine.steps if s.is_prefill)
+    prefill_tokens = sum(s.num_tokens for s in engine.records() if s.is_prefill)
     assert prefill_tokens < sum(r.prompt_len for r in w.requests) - 341 * (len(w) - 2)
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from harness.sim.hardware import GPUSpec
 from paged.presets import ModelSpec
 
@@ -237,6 +239,18 @@ class CostModel:
                 + self.per_seq_overhead_ms * num_seqs
             )
         return self.decode(num_seqs, context_tokens).total_ms
+
+    def decode_ms_array(self, num_seqs: int, context_tokens: np.ndarray) -> np.ndarray:
+        """`decode_ms(num_seqs, c)` for each c of an int array, bit for bit: the same float64
+        operations in the same order (numpy's elementwise add and multiply round as Python's)."""
+        table = self._table
+        if not (num_seqs < len(table) and num_seqs < len(self._head_table)):
+            return np.array([self.decode_ms(num_seqs, int(c)) for c in context_tokens])
+        linear, norm, allreduce = table[num_seqs]
+        fixed = linear + norm + allreduce + self._head_table[num_seqs]
+        ms = fixed + context_tokens.astype(np.float64) * self._decode_ms_per_ctx_token
+        ms = ms + self.step_overhead_ms
+        return ms + self.per_seq_overhead_ms * num_seqs
 
     def prefill(self, seqs: list[tuple[int, int]]) -> StepCost:
         """A prompt step; seqs holds (new tokens, cached tokens) of each sequence that computes."""

@@ -9,6 +9,8 @@ from the beam model, paged/beam_model.py).
 
 from __future__ import annotations
 
+import numpy as np
+
 from harness.sim.cost_model import CostModel
 from paged import ExecutorResult, NullExecutor, SchedulerOutput, SequenceStatus
 from paged.beam_model import BeamModel
@@ -54,6 +56,26 @@ class SimulatedExecutor(NullExecutor):
         if out.blocks_to_copy:
             ms += cm.copy_ms(len(out.blocks_to_copy))
         return ms
+
+    def run_durations(
+        self, scheduler, num_seqs: int, context: int, k: int, lead: tuple[int, int]
+    ) -> np.ndarray:
+        """Seconds each of the next k plain decode steps takes: `step_ms` of a decode step of
+        num_seqs sequences over context + num_seqs * (j - 1) tokens at step j (a padded batch: its
+        rows at the batch's common context, from the first running sequence's `lead` = (length,
+        prompt length), one more per step), evaluated with the same floating-point operations in
+        the same order, element by element, so every value equals stepping's."""
+        cm = self.cost_model
+        padded = scheduler._padded_batch if scheduler.config.pad_batch else None
+        steps = np.arange(k, dtype=np.int64)
+        if padded is not None:
+            rows, prompt_len = padded
+            num_seqs = rows
+            contexts = rows * (prompt_len + lead[0] - lead[1] + steps)
+        else:
+            contexts = context + num_seqs * steps
+        ms = cm.decode_ms_array(num_seqs, contexts)
+        return ms * self.time_scale / 1e3
 
     def execute(self, out: SchedulerOutput) -> ExecutorResult:
         duration = self.step_ms(out) * self.time_scale / 1e3
