@@ -1,31 +1,31 @@
-"""Exact fast-forward: a run of plain decode steps advanced at once, identical to stepping them.
+"""Exact fast-forward: runs of plain decode steps advanced at once, identical to stepping them.
 
 Most steps of a simulated run decide nothing new: every running group decodes one token per
 sequence; nobody arrives who could be admitted, nobody finishes, no block runs out, nothing is
 swapped or forked. Until the next such event the scheduler's decision is already known, so the
 engine (engine.py) asks `Scheduler.decodes_only()` whether the next step is such a step and, if so,
-advances k of them here in one go:
+advances a stretch of them here in one go (docs/simulator.md):
 
-- k stops at the first event: the step at which a sequence reaches its length limit (its last
-  token is appended and the scheduler's own stop check frees it: `Scheduler.finish_run`), the step
-  after which a request has arrived that could be admitted, the last step whose appends the free
-  blocks cover (the next would preempt), a shared last block (copy-on-write), a contiguous chunk's
-  end (the memory policy's `decode_run_limit`);
-- the blocks the run takes are taken by the memory policy's own `append_slot`, called for each
-  sequence at exactly the steps at which stepping would have it do something
-  (`decode_run_appends`), in stepping's order (step, then running order), so the block tables and
-  free lists end up identical;
+- a stretch ends at the first event: the step at which a sequence reaches its length limit (its
+  last token is appended and the scheduler's own stop check frees it: `Scheduler.finish_run`), the
+  step after which a request has arrived that could be admitted, the last step whose appends the
+  free blocks cover (the next would preempt), a contiguous chunk's end; past a finish the next
+  stretch follows only while the scheduler's answer stays the same;
+- the memory policy's view (`decode_run`: `appends`, `take`, `budget`, `limits`, `usage_rows`) says
+  at which steps a sequence's append does something and takes the blocks in stepping's order (step,
+  then running order), so block tables and free lists end up identical;
 - the executor gives the step durations (`run_durations`: the cost model over the growing context,
-  the same floating-point operations element by element) and the tokens (`run_tokens`: the same rule
-  as its `execute`); the clock is their running sum, as stepping adds them;
-- the Figure 2 counts after each sampled step come from the memory policy's `decode_run_usage`, the
-  count at the run's last step from `usage()` itself.
+  the same floating-point operations element by element) and the tokens (`run_offsets`,
+  `run_tokens`: the rule of its `execute`); the clock is their running sum, as stepping adds them;
+  tokens and timestamps are appended lazily, when something reads the sequence or at the end;
+- the Figure 2 counts after each sampled step come from the view's `usage_rows`, the count after
+  a stretch's last step from `usage()` itself.
 
-The run is recorded as one `DecodeRun`, which stands for its k StepRecords (harness/metrics.py
+Each stretch is recorded as one `DecodeRun`, which stands for its k StepRecords (harness/metrics.py
 expands it into the same per-step series). tests/test_fast_forward.py checks, on random workloads of
-every system, that timestamps, tokens, block tables and metrics are identical with and without.
-An executor without `run_tokens`/`run_durations` (the real model) or a memory policy without the
-`decode_run_*` methods is simply stepped.
+every system and on every preset, that timestamps, tokens, free lists and per-step series are
+identical with and without. An executor without `run_tokens` (the real model) or a memory policy
+without `decode_run` is simply stepped.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from paged.sequence import SequenceStatus
 from paged.step import DecodeRun
 
 _RUNNING = SequenceStatus.RUNNING
-_NO_LIMIT = 1 << 62
 
 
 def supports_fast_forward(executor, memory) -> bool:
