@@ -174,51 +174,75 @@ class Scheduler:
             )
         return None
 
+    def _num_running_seqs(self) -> int:
+        """Sequences the running groups run per step: what they charge against max_num_seqs."""
+        num_seqs = 0
+        for g in self.running:
+            num_seqs += g.max_num_running_seqs
+        return num_seqs
+
+    def _head_verdict(self, group: SequenceGroup, num_tokens: int, num_seqs: int, idle: bool):
+        """Admission's rules for the group at the head of the waiting queue (FCFS: nothing is admitted
+        past it): ("reject", reason), ("wait", None) or ("admit", its AllocPlan). num_tokens: tokens
+        the step computes already (a mixed step's decodes, prompts admitted before it); num_seqs:
+        sequences the batch runs already; idle: nothing runs or was admitted in this step, so memory
+        that does not suffice now never will."""
+        cfg = self.config
+        reason = self._static_reject_reason(group)
+        if reason is not None:
+            return "reject", reason
+        plan = self.memory.can_allocate(group)
+        if plan.status is AllocStatus.NEVER:
+            return "reject", plan.reason
+        if plan.status is AllocStatus.LATER:
+            if idle:  # nothing runs and nothing is swapped: no memory will ever be freed for it
+                return "reject", (
+                    "cannot fit even in an idle cache (memory held by shared prefixes); "
+                    "release prefixes or give the KV cache more memory"
+                )
+            return "wait", None
+        # A group alone in an otherwise empty batch is admitted even over the token budget: a
+        # re-prefill of several diverged sequences after a recompute can exceed it, and must still
+        # run (in a mixed step, running decodes count, so such a group waits for an empty batch).
+        if num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
+            return "wait", None
+        if num_seqs + group.max_num_running_seqs > cfg.max_num_seqs:
+            return "wait", None
+        return "admit", plan
+
+    def _swap_in_blocked(self, group: SequenceGroup, num_seqs: int) -> bool:
+        """Whether the earliest swapped-out group cannot come back in this step."""
+        n = group.max_num_running_seqs
+        return not self.memory.can_swap_in(group) or num_seqs + n > self.config.max_num_seqs
+
     def _admit(self, out: SchedulerOutput, now: float, num_tokens: int = 0) -> None:
         """Admit waiting groups in arrival order into `out.scheduled_groups` while they fit.
 
         num_tokens: tokens the step already computes (a mixed step's decodes, one per sequence).
         Sets out.num_batched_tokens (num_tokens plus the admitted prompt tokens) and out.num_seqs
         (the admitted sequences)."""
-        cfg = self.config
         memory = self.memory
-        num_seqs = 0
-        for g in self.running:
-            num_seqs += g.max_num_running_seqs
+        num_seqs = self._num_running_seqs()
         num_admitted = 0
         waiting = self.waiting
         preempted = out.preempted  # empty in a separate step: admission runs before decoding
-        max_total_len = cfg.max_batch_total_len
+        max_total_len = self.config.max_batch_total_len
         longest_prompt = longest_output = 0
         while waiting:
             group = waiting[0]
             if preempted and group in preempted:
                 break  # preempted in this very step (mixed): it waits at least one step (artifact)
-            reason = self._static_reject_reason(group)
-            if reason is None:
-                plan = memory.can_allocate(group)
-                if plan.status is AllocStatus.NEVER:
-                    reason = plan.reason
-                elif plan.status is AllocStatus.LATER and not self.running and not out.scheduled_groups:
-                    # Nothing runs and nothing is swapped, so no memory will ever be freed for it.
-                    reason = (
-                        "cannot fit even in an idle cache (memory held by shared prefixes); "
-                        "release prefixes or give the KV cache more memory"
-                    )
-            if reason is not None:
+            verdict, detail = self._head_verdict(
+                group, num_tokens, num_seqs, idle=not self.running and not out.scheduled_groups
+            )
+            if verdict == "reject":
                 waiting.popleft()
-                self._reject(group, reason, now, out)
+                self._reject(group, detail, now, out)
                 continue
-            if plan.status is AllocStatus.LATER:
+            if verdict == "wait":
                 break
-            # A group alone in an otherwise empty batch is admitted even over the token budget: a
-            # re-prefill of several diverged sequences after a recompute can exceed it, and must still
-            # run (in a mixed step, running decodes count, so such a group waits for an empty batch).
-            if num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
-                break
+            plan = detail
             n = group.max_num_running_seqs
-            if num_seqs + n > cfg.max_num_seqs:
-                break
             if max_total_len is not None:
                 # FasterTransformer's batches in the artifact: the padded batch's longest prompt plus
                 # its longest output must stay within the limit. A request alone is admitted even over
@@ -322,13 +346,11 @@ class Scheduler:
     def _swap_in(self, out: SchedulerOutput) -> None:
         self.swapped.sort(key=_arrival)
         memory = self.memory
-        num_seqs = 0
-        for g in self.running:
-            num_seqs += g.max_num_running_seqs
+        num_seqs = self._num_running_seqs()
         while self.swapped:
             group = self.swapped[0]
             n = group.max_num_running_seqs
-            if not memory.can_swap_in(group) or num_seqs + n > self.config.max_num_seqs:
+            if self._swap_in_blocked(group, num_seqs):
                 break
             self.swapped.pop(0)
             out.blocks_to_swap_in.extend(memory.swap_in(group).items())
@@ -395,10 +417,11 @@ class Scheduler:
         - "steady": yes, arrivals included (they queue behind a head that cannot be admitted, or
           admission is not tried at all: swapped groups wait, or a static batch is running).
 
-        Every rule here mirrors one of `schedule()`'s: a blocked head stays blocked while free memory
-        only shrinks and the running batch is unchanged (LATER, the token and sequence budgets), and
-        so does a swapped group that cannot come back. tests/test_fast_forward.py checks the outcome
-        against stepping on random workloads."""
+        It asks the very rules `schedule()` applies (`_head_verdict`, `_swap_in_blocked`); what it
+        adds is why their answer lasts: a head that must wait (LATER, the token and sequence budgets)
+        keeps waiting while free memory only shrinks and the running batch is unchanged, and so does
+        a swapped group that cannot come back. tests/test_fast_forward.py checks the outcome against
+        stepping on random workloads."""
         if not self.running or self._pending_copies:
             return None
         for g in self.running:
@@ -410,39 +433,22 @@ class Scheduler:
         if not self._running_sorted:  # as _decode would, first thing
             self.running.sort(key=_arrival)
             self._running_sorted = True
-        cfg = self.config
-        if self.swapped or (self.waiting and cfg.batching != "request"):
-            num_seqs = 0
-            for g in self.running:
-                num_seqs += g.max_num_running_seqs
         if self.swapped:
             # Swap-in is tried every step (no step of a run swaps out); it must fail, and then it
             # keeps failing: the swapped group needs a fixed number of free blocks.
             self.swapped.sort(key=_arrival)  # as _swap_in would
-            group = self.swapped[0]
-            n = group.max_num_running_seqs
-            if self.memory.can_swap_in(group) and num_seqs + n <= cfg.max_num_seqs:
+            if not self._swap_in_blocked(self.swapped[0], self._num_running_seqs()):
                 return None
             return "steady"  # admission waits while any group is swapped out
-        if cfg.batching == "request":
+        if self.config.batching == "request":
             return "steady"  # a static batch admits nothing until it ends
         if not self.waiting:
             return "until_arrival"
-        # The head of the queue must be blocked, by a reason that lasts: _admit's first iteration.
-        group = self.waiting[0]
-        if self._static_reject_reason(group) is not None:
-            return None
-        plan = self.memory.can_allocate(group)
-        if plan.status is AllocStatus.LATER:
-            return "steady"
-        if plan.status is AllocStatus.NEVER:
-            return None
-        if cfg.step_composition == "mixed":  # the decodes count against the token budget
-            if num_seqs + plan.num_new_tokens > cfg.max_num_batched_tokens:
-                return "steady"
-        if num_seqs + group.max_num_running_seqs > cfg.max_num_seqs:
-            return "steady"
-        return None
+        # The head of the queue must wait, for a reason that lasts: _admit's first iteration.
+        num_seqs = self._num_running_seqs()
+        num_tokens = num_seqs if self.config.step_composition == "mixed" else 0  # the decodes
+        verdict, _ = self._head_verdict(self.waiting[0], num_tokens, num_seqs, idle=False)
+        return "steady" if verdict == "wait" else None
 
     def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:
         """The end of a fast-forwarded run (paged/fast_forward.py): the sequences that reached their

@@ -253,12 +253,19 @@ def test_early_stop_ends_an_overloaded_point_and_marks_it():
 
 
 def test_early_stop_never_stops_a_point_below_its_limit():
-    w = synthetic("sharegpt_synthetic", rate=1.0, duration_s=600, seed=0)
-    stop = OverloadStop(max_latency=0.05, window_s=60, check_every_s=60)
-    full = simulate(w, SimConfig()).metrics["normalized_latency"]
-    r = simulate(w, SimConfig(early_stop=stop))
-    assert (full > 0.05) or not r.metrics["early_stopped"]
-    assert not simulate(w, SimConfig(early_stop=OverloadStop(max_latency=5.0))).metrics["early_stopped"]
+    """The rule stops only runs certain to end above its limit: a limit just above an overloaded
+    run's full-run latency never stops it, while a third of it does."""
+    w = synthetic("sharegpt_synthetic", rate=1.5, duration_s=1200, seed=0)
+    full = simulate(w, SimConfig(system="orca_max")).metrics["normalized_latency"]
+    assert full > 1.0  # overloaded: the queue grows
+    above = simulate(
+        w, SimConfig(system="orca_max", early_stop=OverloadStop(full * 1.001, window_s=60, check_every_s=60))
+    )
+    assert not above.metrics["early_stopped"] and above.metrics["normalized_latency"] == full
+    below = simulate(
+        w, SimConfig(system="orca_max", early_stop=OverloadStop(full / 3, window_s=60, check_every_s=60))
+    )
+    assert below.metrics["early_stopped"]
 
 
 def test_early_stop_leaves_the_capacity_table_unchanged(tmp_path):
