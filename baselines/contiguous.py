@@ -140,10 +140,12 @@ class ContiguousManager(abc.ABC):
             self.arena.free(chunk[0])
 
     # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
-    def decode_run(self, seqs: list[Sequence], lengths: np.ndarray) -> ContiguousDecodeRun:
+    def decode_run(self, seqs: list[Sequence], base: np.ndarray) -> ContiguousDecodeRun:
         """What runs of plain decode steps do to the arena (paged/fast_forward.py): nothing but fill
         the chunks reserved at admission."""
-        return ContiguousDecodeRun(self, seqs, lengths)
+        view = ContiguousDecodeRun(self)
+        view.join(seqs, base)
+        return view
 
     # ------------------------------------------------------------------ no swapping (Orca, FT)
     def can_swap_out(self, group: SequenceGroup) -> bool:
@@ -205,13 +207,20 @@ class ContiguousDecodeRun:
     paged.block_manager.PagedDecodeRun): appends take nothing, a sequence may decode until it
     outgrows its chunk, and each step turns one reserved slot per sequence into a token state."""
 
-    def __init__(self, manager: ContiguousManager, seqs: list[Sequence], lengths: np.ndarray) -> None:
+    def __init__(self, manager: ContiguousManager) -> None:
         self.manager = manager
-        chunks, reserved = manager.chunks, manager.reserved
-        bs = manager.block_size
-        self.capacity = np.array([bs << chunks[s.seq_id][1] for s in seqs], dtype=np.int64)
-        self.reserved = np.array([reserved[s.seq_id] for s in seqs], dtype=np.int64)
-        self.lengths = lengths
+        self.capacity = np.zeros(0, dtype=np.int64)  # per sequence: its chunk's slots
+        self.reserved = np.zeros(0, dtype=np.int64)  # ... what its reservation asked for
+        self.lengths = np.zeros(0, dtype=np.int64)  # ... its base length (tokens after step t: + t)
+
+    def join(self, seqs: list[Sequence], base: np.ndarray) -> bool:
+        chunks, reserved = self.manager.chunks, self.manager.reserved
+        bs = self.manager.block_size
+        capacity = np.array([bs << chunks[s.seq_id][1] for s in seqs], dtype=np.int64)
+        self.capacity = np.concatenate((self.capacity, capacity))
+        self.reserved = np.concatenate((self.reserved, [reserved[s.seq_id] for s in seqs]))
+        self.lengths = np.concatenate((self.lengths, base))
+        return True
 
     needs_tokens = False
 

@@ -38,7 +38,7 @@ class OverloadStop:
     check_every_s: float = 60.0
     num_requests: int = 0  # in the trace: the bound's denominator (simulate() sets it)
     stopped_at: float | None = None
-    _next_check: float = 0.0
+    next_check: float = 0.0  # the engine asks should_stop once its clock reaches this
     _queue: list[tuple[float, int]] = field(default_factory=list)  # (check time, queue length)
     _finished_sum: float = 0.0  # sum of finished requests' s/token
 
@@ -48,7 +48,7 @@ class OverloadStop:
                 "early stop needs max_latency > 0 and 0 < check_every_s <= window_s, got "
                 f"{self.max_latency}, {self.check_every_s}, {self.window_s}"
             )
-        self._next_check = self.window_s
+        self.next_check = self.window_s
 
     def on_finish(self, group: SequenceGroup) -> None:
         m = group.metrics
@@ -59,10 +59,10 @@ class OverloadStop:
 
     def should_stop(self, engine) -> bool:
         now = engine.clock
-        if now < self._next_check:
+        if now < self.next_check:
             return False
-        while self._next_check <= now:
-            self._next_check += self.check_every_s
+        while self.next_check <= now:
+            self.next_check += self.check_every_s
         sched = engine.scheduler
         queue = len(sched.waiting) + len(sched.swapped)
         self._queue.append((now, queue))

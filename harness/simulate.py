@@ -174,10 +174,8 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
             bar.update(1)
 
     stop = cfg.early_stop
-    should_stop = None
     if stop is not None:
         stop = replace(stop, num_requests=len(groups))  # a fresh one per run: it keeps its history
-        should_stop = stop.should_stop
         count = on_finish
 
         def on_finish(group):
@@ -186,7 +184,7 @@ def simulate(workload: Workload, cfg: SimConfig | None = None, progress: bool = 
                 count(group)
 
     start = time.perf_counter()
-    engine.run(groups, on_finish=on_finish, should_stop=should_stop)
+    engine.run(groups, on_finish=on_finish, stop=stop)
     wall = time.perf_counter() - start
     if bar is not None:
         bar.close()

@@ -365,18 +365,11 @@ class BlockManager:
             pool.decref(b)
 
     # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
-    def decode_run(self, seqs: list[Sequence], lengths: np.ndarray) -> PagedDecodeRun | None:
+    def decode_run(self, seqs: list[Sequence], base: np.ndarray) -> PagedDecodeRun | None:
         """What runs of plain decode steps do to this cache (paged/fast_forward.py), or None when a
         running sequence's last block is shared: its next append copies it (an event)."""
-        ref_counts = self.gpu.ref_counts
-        tables = self.block_tables
-        num_blocks = []
-        for s in seqs:
-            table = tables[s.seq_id]
-            if ref_counts[table[-1]] > 1:
-                return None
-            num_blocks.append(len(table))
-        return PagedDecodeRun(self, np.array(num_blocks, dtype=np.int64), lengths)
+        view = PagedDecodeRun(self)
+        return view if view.join(seqs, base) else None
 
     # ------------------------------------------------------------------ swapping (section 4.5)
     def can_swap_out(self, group: SequenceGroup) -> bool:
@@ -463,15 +456,32 @@ class PagedDecodeRun:
     the Figure 2 counts after each step. Steps t count from the fast-forward's start: at step t a
     sequence holds length + t - 1 tokens, and `append_slot` makes room for the newest."""
 
-    def __init__(self, manager: BlockManager, num_blocks: np.ndarray, lengths: np.ndarray) -> None:
+    def __init__(self, manager: BlockManager) -> None:
         self.manager = manager
-        bs = manager.block_size
-        # The step at which each sequence first takes a block: when its tokens first exceed its
-        # table (one token into a new block); then every block_size steps.
-        self.first_alloc = num_blocks * bs + 2 - lengths
-        self.num_blocks = num_blocks  # each table's length at the start
-        self.lengths = lengths
         self.cached = manager.prefix_cache is not None
+        # Per sequence: the step at which it first takes a block (when its tokens first exceed its
+        # table: one token into a new block; then every block_size steps), its table's length when
+        # it joined, and its base length (tokens after step t: base + t).
+        self.first_alloc = np.zeros(0, dtype=np.int64)
+        self.num_blocks = np.zeros(0, dtype=np.int64)
+        self.lengths = np.zeros(0, dtype=np.int64)
+
+    def join(self, seqs: list[Sequence], base: np.ndarray) -> bool:
+        """Add sequences (base: their lengths minus the steps advanced so far); False if one's last
+        block is shared."""
+        ref_counts = self.manager.gpu.ref_counts
+        tables = self.manager.block_tables
+        num_blocks = []
+        for s in seqs:
+            table = tables[s.seq_id]
+            if ref_counts[table[-1]] > 1:
+                return False
+            num_blocks.append(len(table))
+        num_blocks = np.array(num_blocks, dtype=np.int64)
+        self.first_alloc = np.concatenate((self.first_alloc, num_blocks * self.manager.block_size + 2 - base))
+        self.num_blocks = np.concatenate((self.num_blocks, num_blocks))
+        self.lengths = np.concatenate((self.lengths, base))
+        return True
 
     @property
     def needs_tokens(self) -> bool:

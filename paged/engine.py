@@ -9,6 +9,7 @@ executor's samples go back to the scheduler's post-processing; every step leaves
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from paged.executor import Executor
 from paged.fast_forward import fast_forward, supports_fast_forward
@@ -103,37 +104,33 @@ class Engine:
         self,
         groups: Iterable[SequenceGroup],
         on_finish: Callable[[SequenceGroup], None] | None = None,
-        should_stop: Callable[[Engine], bool] | None = None,
+        stop: StopRule | None = None,
     ) -> list[SequenceGroup]:
         """Replay requests by arrival time until every one has finished (or been rejected), or until
-        `should_stop(engine)`, asked before every step, says so (harness/overload.py).
+        `stop.should_stop(engine)`, asked before the first step at or after `stop.next_check`, says
+        so (harness/overload.py).
 
         When nothing is running the clock jumps to the next arrival. With `fast_forward`, runs of
         plain decode steps are advanced at once (paged/fast_forward.py).
         """
-        pending = sorted(groups, key=lambda g: g.arrival_time)
+        arrivals = Arrivals(groups)
         sched = self.scheduler
         finished: list[SequenceGroup] = []
         skip = self.fast_forward and supports_fast_forward(self.executor, sched.memory)
-        i = 0
-        while i < len(pending) or sched.has_unfinished:
-            while i < len(pending) and pending[i].arrival_time <= self.clock:
-                sched.add(pending[i])
-                i += 1
+        while arrivals or sched.has_unfinished:
+            arrivals.add_until(sched, self.clock)
             if not sched.has_unfinished:
-                self.clock = pending[i].arrival_time
+                self.clock = arrivals.next_time
                 continue
-            if should_stop is not None and should_stop(self):
+            if stop is not None and self.clock >= stop.next_check and stop.should_stop(self):
                 break
             if skip:
-                runs = fast_forward(self, pending[i].arrival_time if i < len(pending) else float("inf"))
-                if runs:
-                    self.steps.extend(runs)
-                    for run in runs:
-                        finished.extend(run.finished)
-                        if on_finish is not None:
-                            for g in run.finished:
-                                on_finish(g)
+                done = fast_forward(self, arrivals, stop.next_check if stop is not None else float("inf"))
+                if done is not None:
+                    finished.extend(done)
+                    if on_finish is not None:
+                        for g in done:
+                            on_finish(g)
                     continue
             record = self.step()
             finished.extend(record.finished)
@@ -142,10 +139,44 @@ class Engine:
                     on_finish(g)
             if not (record.num_groups or record.num_preempted or record.num_rejected):
                 # Nothing could run and nothing finished: only a new arrival can change that.
-                if i >= len(pending):
+                if not arrivals:
                     raise RuntimeError(
                         "the scheduler can make no progress with the requests it holds; this is a "
                         "bug in a memory policy (can_allocate said LATER with nothing to wait for)"
                     )
-                self.clock = max(record.start_time, pending[i].arrival_time)
+                self.clock = max(record.start_time, arrivals.next_time)
         return finished
+
+
+class StopRule(Protocol):
+    """When to end a run early (harness/overload.py): asked once the clock reaches next_check."""
+
+    next_check: float
+
+    def should_stop(self, engine: Engine) -> bool: ...
+
+
+class Arrivals:
+    """The requests not yet given to the scheduler, in arrival order."""
+
+    __slots__ = ("pending", "i")
+
+    def __init__(self, groups: Iterable[SequenceGroup]) -> None:
+        self.pending = sorted(groups, key=lambda g: g.arrival_time)
+        self.i = 0
+
+    def __bool__(self) -> bool:
+        return self.i < len(self.pending)
+
+    @property
+    def next_time(self) -> float:
+        """When the next one arrives (inf: none left)."""
+        return self.pending[self.i].arrival_time if self.i < len(self.pending) else float("inf")
+
+    def add_until(self, scheduler: Scheduler, clock: float) -> None:
+        """Give the scheduler every request that has arrived by `clock`."""
+        pending, i = self.pending, self.i
+        while i < len(pending) and pending[i].arrival_time <= clock:
+            scheduler.add(pending[i])
+            i += 1
+        self.i = i

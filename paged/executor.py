@@ -59,7 +59,9 @@ class NullExecutor:
         self.rng = random.Random(seed)
         self.beam_model = load_beam_model(beam_model)
 
-    def execute(self, out: SchedulerOutput) -> ExecutorResult:
+    def execute(self, out: SchedulerOutput, decode: tuple[int, int] | None = None) -> ExecutorResult:
+        """Samples for out.scheduled_groups (decode: (sequences, context) of decodes the fast-forward
+        advances itself in the same step; a fixed step time does not depend on them)."""
         outputs = []
         vocab = self.vocab_size
         for group in out.scheduled_groups:

@@ -102,7 +102,15 @@ class Scheduler:
         if self.swapped and not out.blocks_to_swap_out:
             self._swap_in(out)
             self._reject_unswappable(out, now)
-        num_decode_seqs = out.num_seqs  # decoding and swapped-in sequences: one token each
+        self.admit_into_decode(out, now, out.num_seqs)  # decoding and swapped-in: one token each
+        out.scheduled_groups = self.running
+
+    def admit_into_decode(self, out: SchedulerOutput, now: float, num_decode_seqs: int) -> None:
+        """The prompts of a mixed step, after its decodes: admit waiting groups into the batch of
+        `num_decode_seqs` decoding sequences. Leaves the admitted groups alone in
+        out.scheduled_groups (the caller puts the whole batch there) and counts the step's tokens
+        and sequences. The fast-forward (paged/fast_forward.py) calls it for a step whose decodes
+        it advances itself."""
         if not self.swapped and self.waiting and not (self.config.batching == "request" and self.running):
             self._admit(out, now, num_decode_seqs)
             out.num_prefill_groups = len(out.scheduled_groups)  # _admit's list: the admitted ones
@@ -112,7 +120,6 @@ class Scheduler:
             out.is_prefill = out.num_prefill_groups > 0
         else:
             out.num_batched_tokens = num_decode_seqs
-        out.scheduled_groups = self.running
 
     def _pad_batch(self, out: SchedulerOutput) -> None:
         """A static batch as one padded tensor (FasterTransformer): it computes every sequence it
@@ -406,16 +413,36 @@ class Scheduler:
 
     # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
     def decodes_only(self) -> str | None:
-        """Whether the next `schedule()` is certain to be a plain decode step: every running group
-        decodes one token per sequence, and nothing is admitted, swapped in, rejected or copied,
-        provided the free memory covers the appends (the fast-forward checks that). And whether that
-        stays so for the steps after it, as long as nothing finishes and the free memory only shrinks:
+        """What the next `schedule()` is certain to do with the running batch, for the fast-forward
+        (paged/fast_forward.py): `fast_forwardable(self.running)`, then `next_step()`."""
+        if not self.fast_forwardable(self.running):
+            return None
+        return self.next_step()
 
-        - None: no (a beam-search group, pending fork copies, a waiting request that would be
-          admitted or rejected, a group with an EOS to watch for, ...);
-        - "until_arrival": yes, until a request arrives (the waiting queue is empty and would admit);
-        - "steady": yes, arrivals included (they queue behind a head that cannot be admitted, or
-          admission is not tried at all: swapped groups wait, or a static batch is running).
+    @staticmethod
+    def fast_forwardable(groups: list[SequenceGroup]) -> bool:
+        """Whether these running groups decode plainly, one token per sequence: no beam search (its
+        steps fork and drop sequences: every one is an event), no EOS to watch for, prompt done."""
+        for g in groups:
+            params = g.sampling_params
+            if params.use_beam_search or g.metrics.first_token_time is None:
+                return False
+            if g.eos_token_id is not None and not params.ignore_eos:
+                return False
+        return True
+
+    def next_step(self, num_seqs: int | None = None) -> str | None:
+        """Whether the next `schedule()` is certain to decode every running group one token per
+        sequence and swap nothing in (provided the free memory covers the appends: the fast-forward
+        checks that), and whether that lasts, as long as nothing finishes and free memory only
+        shrinks. num_seqs: the running sequences, if the caller knows them.
+
+        - None: no (pending fork copies, a swap-in or a rejection to make, nothing running);
+        - "until_arrival": yes, until a request arrives (the waiting queue is empty);
+        - "steady": yes, arrivals included (they queue behind a head that must wait, or admission
+          is not tried at all: swapped groups wait, or a static batch is running);
+        - "admit": the step admits the queue's head too: a prompt step that reads no running
+          sequence (separate), or the decodes plus prompts (mixed).
 
         It asks the very rules `schedule()` applies (`_head_verdict`, `_swap_in_blocked`); what it
         adds is why their answer lasts: a head that must wait (LATER, the token and sequence budgets)
@@ -424,12 +451,6 @@ class Scheduler:
         stepping on random workloads."""
         if not self.running or self._pending_copies:
             return None
-        for g in self.running:
-            params = g.sampling_params
-            if params.use_beam_search or g.metrics.first_token_time is None:
-                return None  # beam steps fork and drop sequences: every one is an event
-            if g.eos_token_id is not None and not params.ignore_eos:
-                return None
         if not self._running_sorted:  # as _decode would, first thing
             self.running.sort(key=_arrival)
             self._running_sorted = True
@@ -444,11 +465,12 @@ class Scheduler:
             return "steady"  # a static batch admits nothing until it ends
         if not self.waiting:
             return "until_arrival"
-        # The head of the queue must wait, for a reason that lasts: _admit's first iteration.
-        num_seqs = self._num_running_seqs()
+        # The head of the queue: _admit's first iteration.
+        if num_seqs is None:
+            num_seqs = self._num_running_seqs()
         num_tokens = num_seqs if self.config.step_composition == "mixed" else 0  # the decodes
         verdict, _ = self._head_verdict(self.waiting[0], num_tokens, num_seqs, idle=False)
-        return "steady" if verdict == "wait" else None
+        return {"wait": "steady", "admit": "admit"}.get(verdict)
 
     def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:
         """The end of a fast-forwarded run (paged/fast_forward.py): the sequences that reached their

@@ -35,20 +35,22 @@ class SimulatedExecutor(NullExecutor):
         self.cost_model = cost_model
         self.time_scale = time_scale  # every step's predicted time multiplied by this
 
-    def step_ms(self, out: SchedulerOutput) -> float:
+    def step_ms(self, out: SchedulerOutput, decode: tuple[int, int] | None = None) -> float:
+        """The step's predicted milliseconds. decode: (sequences, context tokens) of decodes the step
+        runs besides out.scheduled_groups (a mixed step whose decodes the fast-forward advanced)."""
         cm = self.cost_model
         if out.padded_batch is not None:
             ms = padded_ms(cm, out)
         elif out.is_prefill:
             groups = out.scheduled_groups
             num_decode_groups = len(groups) - out.num_prefill_groups
-            if num_decode_groups:  # a mixed step: its decoding groups come first
-                num_seqs, context = _decode_shape(groups[:num_decode_groups])
+            if num_decode_groups or decode:  # a mixed step: its decoding groups come first
+                num_seqs, context = decode or _decode_shape(groups[:num_decode_groups])
                 ms = cm.mixed(_prefill_shape(groups[num_decode_groups:]), num_seqs, context).total_ms
             else:
                 ms = cm.prefill(_prefill_shape(groups)).total_ms
         else:
-            num_seqs, context = _decode_shape(out.scheduled_groups)
+            num_seqs, context = decode or _decode_shape(out.scheduled_groups)
             ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
         moved = len(out.blocks_to_swap_out) + len(out.blocks_to_swap_in)
         if moved:
@@ -77,8 +79,8 @@ class SimulatedExecutor(NullExecutor):
         ms = cm.decode_ms_array(num_seqs, contexts)
         return ms * self.time_scale / 1e3
 
-    def execute(self, out: SchedulerOutput) -> ExecutorResult:
-        duration = self.step_ms(out) * self.time_scale / 1e3
+    def execute(self, out: SchedulerOutput, decode: tuple[int, int] | None = None) -> ExecutorResult:
+        duration = self.step_ms(out, decode) * self.time_scale / 1e3
         result = super().execute(out)
         result.duration_s = duration
         return result
