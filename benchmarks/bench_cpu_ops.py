@@ -7,7 +7,7 @@
    order and small enough to stay in the last-level cache: how far memory, not compute, bounds it;
 2. prompt attention through PyTorch's fused attention with 4-D inputs (its CPU flash kernel) against
    3-D inputs (the math path), causal, at 300 and 1000 tokens;
-3. ReLU after a linear layer at 2048 tokens: a fresh output against in place (kernels/cpu_ops.py and
+3. ReLU after a linear layer at 2048 tokens: a fresh output against in place (pagelab_kernels/cpu_ops.py and
    paged/model_runner.py cite these).
 Times are medians of 20 runs, in milliseconds.
 """
@@ -24,7 +24,7 @@ from harness.calib.timing import median_ms
 
 
 def main() -> None:
-    from kernels import cpu_native
+    from pagelab_kernels import cpu_native
 
     torch.manual_seed(0)
     dt = torch.bfloat16

@@ -55,11 +55,11 @@ def main() -> None:
     args = ap.parse_args()
     device = args.device
     if device == "cuda":
-        from kernels import triton_ops
+        from pagelab_kernels import triton_ops
 
         decode, dtype = triton_ops.paged_decode_attention, torch.float16
     else:
-        from kernels import cpu_native
+        from pagelab_kernels import cpu_native
 
         if not cpu_native.available():
             raise SystemExit(f"error: the native CPU kernel did not build: {cpu_native.build_error}")

@@ -57,7 +57,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     without an error (os.replace: a reader sees the old file or the new one, never half of one); on an
     error the temporary file is removed and `path` is untouched. The harness's and the benchmarks' one
     write-then-rename (atomic_write for a whole text or bytes, this for a caller that streams); only
-    kernels/cpu_native.py keeps its own, as the core may not import the harness."""
+    pagelab_kernels/cpu_native.py keeps its own, as the core may not import the harness."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: parallel writers of one file
     try:

@@ -3,7 +3,7 @@
 The weights and the per-layer modules (projections, norms, MLPs, rotary embedding) are those of a
 transformers model (`from_pretrained` on a local directory, or random init from a config); only the
 attention is replaced: every layer writes its new keys and values into the paged cache through the
-step's slot mapping, then attends through the block tables (kernels/). One KV tensor holds all layers:
+step's slot mapping, then attends through the block tables (pagelab_kernels/). One KV tensor holds all layers:
 `[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]`, so a copy-on-write copies every
 layer in one launch. A contiguous baseline's chunk is just consecutive blocks in the same tensor.
 
@@ -27,12 +27,13 @@ _NO_TIMER = nullcontext()
 
 
 def kernel_ops(device: torch.device):
-    """Triton kernels on CUDA; elsewhere the references' semantics batched for a CPU (kernels/cpu_ops.py)."""
+    """Triton kernels on CUDA; elsewhere the references' semantics batched for a CPU
+    (pagelab_kernels/cpu_ops.py)."""
     if device.type == "cuda":
-        from kernels import triton_ops
+        from pagelab_kernels import triton_ops
 
         return triton_ops
-    from kernels import cpu_ops
+    from pagelab_kernels import cpu_ops
 
     return cpu_ops
 
@@ -149,7 +150,7 @@ class ModelRunner:
     @torch.inference_mode()
     def warmup(self) -> None:
         """Run a tiny prefill and decodes of one and of two sequences, so that the CPU path's compiled
-        attention (kernels/cpu_ops.py) is built before the first timed step, as vLLM warms up before
+        attention (pagelab_kernels/cpu_ops.py) is built before the first timed step, as vLLM warms up before
         serving. Writes only into block 0, which the block manager overwrites before any read."""
         if self.kv_cache.shape[2] == 0:
             return

@@ -21,7 +21,7 @@ from paged.step import Sample
 def greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
     """Each row's argmax and its log-probability: natively on a CPU (one pass, no [rows, vocab]
     temporaries), else with torch."""
-    from kernels import cpu_native
+    from pagelab_kernels import cpu_native
 
     if logits.device.type == "cpu" and cpu_native.available():
         tokens, lp = cpu_native.greedy_rows(logits)

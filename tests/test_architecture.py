@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("paged", "kernels", "baselines", "harness")
-CORE = ("paged", "kernels", "baselines")
+PACKAGES = ("paged", "pagelab_kernels", "baselines", "harness")
+CORE = ("paged", "pagelab_kernels", "baselines")
 
 
 def _module_name(path: Path) -> str:

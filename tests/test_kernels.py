@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import reference as ref
-from kernels import triton_ops as tri
+from pagelab_kernels import reference as ref
+from pagelab_kernels import triton_ops as tri
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3}
@@ -150,9 +150,9 @@ def test_triton_prefill_with_cached_prefix_equals_reference(device, dtype, block
 
 # ---------------------------------------------------------------------- the CPU path equals the references
 def _native_kernel():
-    """kernels.cpu_native when it builds; None where there is no C compiler (the CPU path then uses
+    """pagelab_kernels.cpu_native when it builds; None where there is no C compiler (the CPU path then uses
     its compiled-PyTorch fallback). A compiler that is present but fails to build it is a failure."""
-    from kernels import cpu_native
+    from pagelab_kernels import cpu_native
 
     if cpu_native.available():
         return cpu_native
@@ -164,7 +164,7 @@ def _native_kernel():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
 def test_cpu_ops_equal_the_references(dtype, heads):
-    from kernels import cpu_ops
+    from pagelab_kernels import cpu_ops
 
     native = _native_kernel()
     h, hkv = heads

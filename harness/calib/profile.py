@@ -50,9 +50,9 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
 def measure(model_name: str, reps: int = 7, rounds: int = 3) -> tuple[dict, dict]:
     """(hardware preset fields, calibration JSON) for this machine and model."""
-    from kernels import cpu_native
     from paged.model_loader import load_hf_model
     from paged.model_runner import ModelRunner
+    from pagelab_kernels import cpu_native
 
     spec = load_model(model_name)
     dt = torch.bfloat16
@@ -223,7 +223,7 @@ def speed_probe(runner, reps: int = 11, n: int = PROBE_SEQS) -> float:
 def _block_overhead(spec, dt, reps: int) -> float:
     """The native kernel's extra time at block 16 over block 256 (a contiguous layout), in the cost
     model's form: time(16) = time(contiguous) * (1 + overhead / 16)."""
-    from kernels import cpu_native
+    from pagelab_kernels import cpu_native
 
     hkv, d, batch, ctx = spec.num_key_value_heads, spec.head_dim, 32, 512
     q = torch.randn(batch, spec.num_attention_heads, d).to(dt)

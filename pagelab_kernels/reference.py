@@ -1,5 +1,5 @@
 """Plain-PyTorch references for every PagedAttention kernel: what the Triton kernels and the CPU path
-must equal. The CPU path (kernels/cpu_ops.py) also borrows three of them as they are: cache write,
+must equal. The CPU path (pagelab_kernels/cpu_ops.py) also borrows three of them as they are: cache write,
 block copy and the gather of a sequence's cached keys and values.
 
 Cache layout (NHD pages, as nano-vllm and FlashInfer): per layer, keys and values are

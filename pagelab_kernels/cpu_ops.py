@@ -1,8 +1,8 @@
-"""The model runner's CPU path: the references' semantics (kernels/reference.py), batched for speed.
+"""The model runner's CPU path: the references' semantics (pagelab_kernels/reference.py), batched for speed.
 
 The references loop over sequences and compute in fp32 einsums, which is right for checking kernels
 and slow for serving: on a 2-core CPU the per-sequence loop was most of a decode step. Decode
-attention here runs natively (kernels/cpu_native.py: C with OpenMP, every key and value read once in
+attention here runs natively (pagelab_kernels/cpu_native.py: C with OpenMP, every key and value read once in
 place through the block table). Without a C compiler (or with PAGELAB_NATIVE=0) it falls back to one
 torch function (gather, scores, masked fp32 softmax, weighted values) that torch.compile fuses into
 loops reading the cache indirectly, over buckets of sequences of similar context length so that
@@ -19,8 +19,8 @@ import shutil
 import torch
 import torch.nn.functional as F
 
-from kernels import cpu_native
-from kernels.reference import copy_blocks, gather_kv, write_kv_cache
+from pagelab_kernels import cpu_native
+from pagelab_kernels.reference import copy_blocks, gather_kv, write_kv_cache
 
 __all__ = ["copy_blocks", "write_kv_cache", "paged_decode_attention", "prefill_attention"]
 
@@ -118,7 +118,7 @@ def prefill_attention(
     cached_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Prompt tokens attend causally to themselves and to a cached prefix (kernels/reference.py).
+    """Prompt tokens attend causally to themselves and to a cached prefix (pagelab_kernels/reference.py).
     One fused attention call per sequence: prompts are few per step and long."""
     out = torch.empty_like(query)
     gqa = query.shape[1] != key.shape[1]

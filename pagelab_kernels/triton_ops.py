@@ -1,5 +1,5 @@
 """PagedAttention kernels in Triton (docs/real_engine.md, "Kernels"), each equal to its reference in
-kernels/reference.py.
+pagelab_kernels/reference.py.
 
 - `write_kv_cache`: one program per token stores its keys and values at its slot (-1: skip).
 - `paged_decode_attention`: one program per (sequence, head) walks the sequence's blocks through the

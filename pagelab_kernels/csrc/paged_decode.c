@@ -1,4 +1,4 @@
-// Paged decode attention for the CPU path (kernels/cpu_native.py builds this with the system C
+// Paged decode attention for the CPU path (pagelab_kernels/cpu_native.py builds this with the system C
 // compiler and calls it through ctypes; no torch headers, so it builds in about a second).
 //
 // One new token per sequence attends to its whole context through its block table (paper section
@@ -7,7 +7,7 @@
 // fp32, then one pass over the values. Every key and value is read once, in place, from its block: nothing is
 // gathered into a contiguous copy.
 //
-// Layout (kernels/reference.py): cache [num_blocks, block_size, num_kv_heads, head_dim] contiguous,
+// Layout (pagelab_kernels/reference.py): cache [num_blocks, block_size, num_kv_heads, head_dim] contiguous,
 // query and output [num_seqs, num_heads, head_dim] contiguous, block tables [num_seqs, max_blocks]
 // int32, context lengths int32. DTYPE: 0 = float32, 1 = bfloat16, 2 = float16.
 

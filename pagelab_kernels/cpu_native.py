@@ -1,11 +1,11 @@
-"""The native CPU decode attention (kernels/csrc/paged_decode.c), built on first use with the system C
+"""The native CPU decode attention (pagelab_kernels/csrc/paged_decode.c), built on first use with the system C
 compiler and called through ctypes.
 
 It reads every cached key and value once, in place through the block table, with OpenMP over
 (sequence, KV head): the memory-bound loop vLLM's CPU backend also writes natively. Built with
 `-O3 -march=native -fopenmp` into ~/.cache/pagelab/kernels/ (keyed by the source, the flags and the
 compiler), so a build happens once per machine and takes about a second. `available()` is False when
-there is no C compiler or the build fails (the reason is kept in `build_error`); kernels/cpu_ops.py
+there is no C compiler or the build fails (the reason is kept in `build_error`); pagelab_kernels/cpu_ops.py
 then falls back to its torch.compile'd function. PAGELAB_NATIVE=0 turns it off.
 """
 
@@ -87,7 +87,7 @@ def available() -> bool:
 
 
 def paged_decode_attention(query, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
-    """Same contract as kernels/reference.py. CPU tensors; query/caches of one dtype."""
+    """Same contract as pagelab_kernels/reference.py. CPU tensors; query/caches of one dtype."""
     assert available(), build_error
     query = query.contiguous()
     tables = block_tables.to(torch.int32).contiguous()
