@@ -4,13 +4,18 @@ Most steps of a simulated run decide nothing new: every running group decodes on
 sequence; nobody arrives who could be admitted, nobody finishes, no block runs out, nothing is
 swapped or forked. Until the next such event the scheduler's decision is already known, so the
 engine (engine.py) asks `Scheduler.decodes_only()` whether the next step is such a step and, if so,
-advances a stretch of them here in one go (docs/simulator.md):
+hands the run to `fast_forward` here, which keeps the running sequences as arrays (one open batch,
+`_Batch`) and advances them (docs/simulator.md):
 
-- a stretch ends at the first event: the step at which a sequence reaches its length limit (its
-  last token is appended and the scheduler's own stop check frees it: `Scheduler.finish_run`), the
-  step after which a request has arrived that could be admitted, the last step whose appends the
-  free blocks cover (the next would preempt), a contiguous chunk's end; past a finish the next
-  stretch follows only while the scheduler's answer stays the same;
+- a stretch of plain decode steps ends at the first event: the step at which a sequence reaches its
+  length limit (its last token is appended and the scheduler's own stop check frees it:
+  `Scheduler.finish_run`), the step after which a request has arrived, the last step whose appends
+  the free blocks cover (the next would preempt), a contiguous chunk's end, the early stop's check;
+- between stretches, as the engine's loop: arrivals join the queue and `Scheduler.next_step` says
+  what the next step does; a step that admits the queue's head is taken inside the batch (the
+  engine's own prompt step, or in mixed steps the batch's decodes here and the prompts by
+  `Scheduler.admit_into_decode`) and the admitted groups join; any other answer closes the batch and
+  the engine steps;
 - the memory policy's view (`decode_run`: `appends`, `take`, `budget`, `limits`, `usage_rows`) says
   at which steps a sequence's append does something and takes the blocks in stepping's order (step,
   then running order), so block tables and free lists end up identical;
