@@ -37,10 +37,12 @@ class OverloadStop:
     window_s: float = 300.0
     check_every_s: float = 60.0
     num_requests: int = 0  # in the trace: the bound's denominator (simulate() sets it)
-    stopped_at: float | None = None
-    next_check: float = 0.0  # the engine asks should_stop once its clock reaches this
-    _queue: list[tuple[float, int]] = field(default_factory=list)  # (check time, queue length)
-    _finished_sum: float = 0.0  # sum of finished requests' s/token
+    # A run's state: not init fields, so that dataclasses.replace() (simulate() makes one per run)
+    # starts each run afresh instead of sharing the template's history.
+    stopped_at: float | None = field(default=None, init=False)
+    next_check: float = field(default=0.0, init=False)  # the engine asks should_stop from then on
+    _queue: list[tuple[float, int]] = field(default_factory=list, init=False)  # (check time, queue)
+    _finished_sum: float = field(default=0.0, init=False)  # sum of finished requests' s/token
 
     def __post_init__(self) -> None:
         if not (self.max_latency > 0 and self.window_s > 0 and 0 < self.check_every_s <= self.window_s):

@@ -35,6 +35,8 @@ without `decode_run` is simply stepped.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from paged.accounting import MEMORY_FIELDS
@@ -45,8 +47,12 @@ _RUNNING = SequenceStatus.RUNNING
 
 
 def supports_fast_forward(executor, memory) -> bool:
-    """Whether the executor and the memory policy can advance runs of decode steps."""
-    return hasattr(executor, "run_tokens") and hasattr(memory, "decode_run")
+    """Whether the executor and the memory policy can advance runs of decode steps: the executor
+    gives a run's tokens and durations and prices a mixed step's decodes it is told of
+    (`execute(out, decode=...)`; a subclass whose execute takes only `out` is stepped)."""
+    if not (hasattr(executor, "run_tokens") and hasattr(memory, "decode_run")):
+        return False
+    return "decode" in inspect.signature(executor.execute).parameters
 
 
 def fast_forward(engine, arrivals, deadline: float = float("inf")) -> list[SequenceGroup] | None:
@@ -293,6 +299,10 @@ class _Batch:
             record = engine.step()
             finished += record.finished
         else:
+            if not len(self.alive) or int(self.ends[self.alive].min()) <= self.t:
+                # No decodes (a prompt-only step, priced as one) or a sequence at its chunk's end
+                # (the step would preempt it): the engine steps it.
+                return False
             k, appends = self._appends(1)
             if k < 1:
                 return False

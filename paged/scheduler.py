@@ -470,6 +470,10 @@ class Scheduler:
             num_seqs = self._num_running_seqs()
         num_tokens = num_seqs if self.config.step_composition == "mixed" else 0  # the decodes
         verdict, _ = self._head_verdict(self.waiting[0], num_tokens, num_seqs, idle=False)
+        if verdict == "wait" and getattr(self.memory, "prefix_cache", None) is not None:
+            # A block the batch fills may be one of the head's prompt blocks (a prefix-cache hit),
+            # lowering what it needs: its verdict is asked again at every step.
+            return None
         return {"wait": "steady", "admit": "admit"}.get(verdict)
 
     def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:

@@ -309,3 +309,32 @@ def test_early_stop_leaves_the_capacity_table_unchanged(tmp_path):
     assert [(t["system"], t["capacity_rps"]) for t in tables[0]] == [
         (t["system"], t["capacity_rps"]) for t in tables[1]
     ]
+
+
+def test_an_executor_that_cannot_price_told_decodes_is_stepped():
+    """A mixed step inside the batch hands the executor decodes it does not see in `out`
+    (execute(out, decode=...)); an executor whose execute takes only `out` must be stepped."""
+    from paged.executor import NullExecutor
+    from paged.fast_forward import supports_fast_forward
+
+    class Legacy(NullExecutor):
+        def execute(self, out):
+            return super().execute(out)
+
+    engine, _, _ = build(SimConfig(fast_forward=True))
+    memory = engine.scheduler.memory
+    assert supports_fast_forward(engine.executor, memory)
+    assert supports_fast_forward(NullExecutor(), memory)
+    assert not supports_fast_forward(Legacy(), memory)
+
+
+def test_early_stop_template_is_not_shared_between_runs():
+    """simulate() copies the rule per run (dataclasses.replace): the copy's history is its own."""
+    from dataclasses import replace
+
+    template = OverloadStop(max_latency=5.0, window_s=120, check_every_s=60)
+    run = replace(template, num_requests=10)
+    run._queue.append((120.0, 3))
+    run._finished_sum += 1.0
+    assert template._queue == [] and template._finished_sum == 0.0
+    assert run.next_check == run.window_s and run.stopped_at is None
