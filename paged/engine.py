@@ -125,8 +125,11 @@ class Engine:
             if stop is not None and self.clock >= stop.next_check and stop.should_stop(self):
                 break
             if skip:
+                num_records = len(self.steps)
                 done = fast_forward(self, arrivals, stop.next_check if stop is not None else float("inf"))
                 if done is not None:
+                    if len(self.steps) == num_records:  # it would loop forever: say so instead
+                        raise RuntimeError("fast_forward advanced no step: a bug in paged/fast_forward.py")
                     finished.extend(done)
                     if on_finish is not None:
                         for g in done:
