@@ -437,7 +437,8 @@ class Scheduler:
         checks that), and whether that lasts, as long as nothing finishes and free memory only
         shrinks. num_seqs: the running sequences, if the caller knows them.
 
-        - None: no (pending fork copies, a swap-in or a rejection to make, nothing running);
+        - None: no (pending fork copies, a swap-in or a rejection to make, nothing running, a
+          waiting head under the prefix cache);
         - "until_arrival": yes, until a request arrives (the waiting queue is empty);
         - "steady": yes, arrivals included (they queue behind a head that must wait, or admission
           is not tried at all: swapped groups wait, or a static batch is running);
