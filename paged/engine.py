@@ -15,7 +15,7 @@ from paged.executor import Executor
 from paged.fast_forward import fast_forward, supports_fast_forward
 from paged.scheduler import Scheduler
 from paged.sequence import SequenceGroup
-from paged.step import DecodeRun, StepRecord
+from paged.step import DecodeRun, SchedulerOutput, StepRecord
 
 
 class Engine:
@@ -77,12 +77,31 @@ class Engine:
             duration, samples = 0.0, []
         self.clock = start + duration
         finished = sched.postprocess(out, samples, self.clock)
+        return self.record(out, start, duration, executed, len(out.scheduled_groups), num_running, finished)
+
+    @property
+    def memory_due(self) -> bool:
+        """Whether the next executed step's Figure 2 count is sampled (every memory_every-th)."""
+        return self.track_memory and self.num_executed % self.memory_every == 0
+
+    def record(
+        self,
+        out: SchedulerOutput,
+        start: float,
+        duration: float,
+        executed: bool,
+        num_groups: int,
+        num_running: int,
+        finished: list[SequenceGroup],
+    ) -> StepRecord:
+        """Record a step (this engine's, or one the fast-forward took: paged/fast_forward.py), with
+        its Figure 2 count when one is due."""
         record = StepRecord(
             start,
             duration,
             executed,
             out.is_prefill,
-            len(out.scheduled_groups),
+            num_groups,
             num_running,
             out.num_seqs,
             out.num_batched_tokens,
@@ -94,8 +113,8 @@ class Engine:
             finished,
         )
         if executed:
-            if self.track_memory and self.num_executed % self.memory_every == 0:
-                record.memory = sched.memory.usage(sched.running)
+            if self.memory_due:
+                record.memory = self.scheduler.memory.usage(self.scheduler.running)
             self.num_executed += 1
         self.steps.append(record)
         return record

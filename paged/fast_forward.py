@@ -3,9 +3,9 @@
 Most steps of a simulated run decide nothing new: every running group decodes one token per
 sequence; nobody arrives who could be admitted, nobody finishes, no block runs out, nothing is
 swapped or forked. Until the next such event the scheduler's decision is already known, so the
-engine (engine.py) asks `Scheduler.decodes_only()` whether the next step is such a step and, if so,
-hands the run to `fast_forward` here, which keeps the running sequences as arrays (one open batch,
-`_Batch`) and advances them (docs/simulator.md):
+engine (engine.py) calls `fast_forward` here first, which asks `Scheduler.next_step()` and
+`Scheduler.fast_forwardable()` whether the next step is such a step and, if so, keeps the running
+sequences as arrays (one open batch, `_Batch`) and advances them (docs/simulator.md):
 
 - a stretch of plain decode steps ends at the first event: the step at which a sequence reaches its
   length limit (its last token is appended and the scheduler's own stop check frees it:
@@ -63,7 +63,9 @@ def fast_forward(engine, arrivals, deadline: float = float("inf")) -> list[Seque
     the scheduler as the engine's loop would; deadline: return once the clock reaches it (the early
     stop's next check)."""
     sched = engine.scheduler
-    mode = sched.decodes_only()
+    if not sched.fast_forwardable(sched.running):  # beam search, an EOS to watch: step it
+        return None
+    mode = sched.next_step()  # before join: it puts the running batch in stepping's order
     if mode is None:
         return None
     batch = _Batch(engine)
@@ -294,7 +296,7 @@ class _Batch:
         engine, sched = self.engine, self.sched
         before = {id(g) for g in sched.running}
         if sched.config.step_composition == "separate":
-            if engine.track_memory and engine.num_executed % engine.memory_every == 0:
+            if engine.memory_due:
                 self.set_computed()  # the step's Figure 2 count reads every running sequence
             record = engine.step()
             finished += record.finished
@@ -335,26 +337,10 @@ class _Batch:
         done = self._stop(now)
         prompts = sched.postprocess(out, result.outputs, now)  # the rejected groups, then finished
         rejected = len(out.rejected)
-        record = StepRecord(
-            start,
-            result.duration_s,
-            True,
-            out.is_prefill,
-            num_groups + len(out.scheduled_groups),
-            num_groups + len(out.scheduled_groups),
-            out.num_seqs,
-            out.num_batched_tokens,
-            0,
-            rejected,
-            0,
-            0,
-            len(out.blocks_to_copy),
-            prompts[:rejected] + done + prompts[rejected:],
-        )
         engine.clock = now
-        if engine.track_memory and engine.num_executed % engine.memory_every == 0:
-            self.set_computed()
-            record.memory = self.memory.usage(sched.running)
-        engine.num_executed += 1
-        engine.steps.append(record)
-        return record
+        if engine.memory_due:
+            self.set_computed()  # the count reads every running sequence
+        # As stepping records it: out.scheduled_groups holds the admitted groups alone here.
+        num_groups = num_groups + len(out.scheduled_groups)
+        finished = prompts[:rejected] + done + prompts[rejected:]
+        return engine.record(out, start, result.duration_s, True, num_groups, num_groups, finished)

@@ -412,13 +412,6 @@ class Scheduler:
             self._padded_batch = None
 
     # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
-    def decodes_only(self) -> str | None:
-        """What the next `schedule()` is certain to do with the running batch, for the fast-forward
-        (paged/fast_forward.py): `fast_forwardable(self.running)`, then `next_step()`."""
-        if not self.fast_forwardable(self.running):
-            return None
-        return self.next_step()
-
     @staticmethod
     def fast_forwardable(groups: list[SequenceGroup]) -> bool:
         """Whether these running groups decode plainly, one token per sequence: no beam search (its
