@@ -252,6 +252,13 @@ class CostModel:
         ms = ms + self.step_overhead_ms
         return ms + self.per_seq_overhead_ms * num_seqs
 
+    def decode_attention_ms(self, context_tokens: int, paged: bool = True) -> float:
+        """Decode attention alone, one layer: reading `context_tokens` tokens' keys and values through
+        the block table (paged) or from contiguous memory (FasterTransformer's layout; the paper's
+        Figure 18(a) comparison)."""
+        per_token = self._decode_ms_per_ctx_token / (1.0 if paged else self.paged_factor)
+        return context_tokens * per_token / self.model.num_hidden_layers
+
     def prefill(self, seqs: list[tuple[int, int]]) -> StepCost:
         """A prompt step; seqs holds (new tokens, cached tokens) of each sequence that computes."""
         cost = StepCost()
