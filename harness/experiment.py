@@ -294,7 +294,9 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
             {"system": point.system, "request_rate": point.rate, **dict(point.params)},
         )
         write_csv(run_dir / "requests" / f"{point.slug}.csv", requests, REQUEST_COLUMNS)
-        rows.append({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
+        # As points.csv reads back: floats and swept values as text, so that a resumed run's rows
+        # (read from the file) and new ones group together in the capacity table and the plots.
+        rows.append({k: _fmt(v) if isinstance(v, float) or k in cfg.sweep else v for k, v in row.items()})
         write_csv(run_dir / "points.csv", rows, columns)
         log.info(
             "point %s: normalized latency %.4f s/token, %d requests, wall %.1f s",

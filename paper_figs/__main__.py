@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     results, rows, t_all = [], [], time.perf_counter()
     for name in names:
         module = importlib.import_module(f"paper_figs.{name}")
-        session.figure, session.files = name, []
+        session.figure, session.files, session.runs = name, [], []
         print(f"== {name}: {module.TITLE}", flush=True)
         t0, error = time.perf_counter(), None
         try:
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": name,
                 "title": module.TITLE,
                 "files": [p.name for p in session.files],
+                "runs": [_run_info(p) for p in session.runs],
                 "compare": cmp,
                 "wall_s": time.perf_counter() - t0,
                 "error": error,
@@ -101,8 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r["error"] for r in results) else 0
 
 
+def _run_info(path: Path) -> dict:
+    """A run the figure read, with the commit that ran it (a reused run may predate the code)."""
+    import json
+
+    try:
+        commit = json.loads((path / "env.json").read_text()).get("git_commit", "")
+    except (OSError, ValueError):
+        commit = ""
+    return {"path": str(path), "commit": commit}
+
+
 def _fmt(row: dict) -> dict:
-    return {k: (f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()}
+    return {k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()}
 
 
 if __name__ == "__main__":

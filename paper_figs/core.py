@@ -72,7 +72,7 @@ class Tier:
 
 TIERS = {
     "full": Tier("full"),
-    "quick": Tier("quick", max_duration_s=120.0, max_rates=4, microbench_reps=5),
+    "quick": Tier("quick", max_duration_s=300.0, max_rates=5, microbench_reps=5),
 }
 
 
@@ -97,18 +97,34 @@ class Run:
     capacity: pd.DataFrame
 
     def cap(self, system: str, **params) -> float:
-        """A system's capacity (req/s at the 0.5 s/token threshold), at the given swept values."""
-        c = self.capacity[self.capacity["system"] == system]
-        for k, v in params.items():
-            c = c[c[k].astype(str) == str(v)]
+        """A system's capacity (req/s at the 0.5 s/token threshold) at the given swept values; NaN if
+        the run has no such system."""
+        c = _select(self.capacity, system, params)
+        if len(c) > 1:
+            raise ValueError(f"{self.path}/capacity.csv has {len(c)} rows for {system} {params}")
         return float(c["capacity_rps"].iloc[0]) if len(c) else math.nan
 
     def series(self, system: str, **params) -> pd.DataFrame:
         """A system's points at the given swept values, by request rate."""
-        p = self.points[self.points["system"] == system]
-        for k, v in params.items():
-            p = p[p[k].astype(str) == str(v)]
-        return p.sort_values("request_rate")
+        return _select(self.points, system, params).sort_values("request_rate")
+
+    def value(self, system: str, column: str, **params) -> float:
+        """One column of a system's only point (a single-rate run); NaN if the run has no such point."""
+        p = self.series(system, **params)
+        return float(p[column].iloc[0]) if len(p) else math.nan
+
+
+def _select(df: pd.DataFrame, system: str, params: dict) -> pd.DataFrame:
+    """Rows of `system` at the swept values `params`, compared as numbers where both are numeric
+    (16 matches 16.0) and as text otherwise."""
+    df = df[df["system"] == system]
+    for k, v in params.items():
+        col = pd.to_numeric(df[k], errors="coerce")
+        if isinstance(v, int | float) and col.notna().all():
+            df = df[col == v]
+        else:
+            df = df[df[k].astype(str) == str(v)]
+    return df
 
 
 @dataclass
@@ -121,6 +137,7 @@ class Session:
     progress: bool = True
     figure: str = ""  # the figure being made (set by __main__)
     files: list[Path] = field(default_factory=list)
+    runs: list[Path] = field(default_factory=list)  # the run directories the figure read
 
     # ------------------------------------------------------------------ experiments
     def config(self, exp: str, overrides: tuple[str, ...] = ()):
@@ -176,6 +193,7 @@ class Session:
             path = latest.resolve()
         else:
             path = run_experiment(cfg, config_yaml, progress=self.progress)
+        self.runs.append(path)
         return Run(exp, path, pd.read_csv(path / "points.csv"), pd.read_csv(path / "capacity.csv"))
 
     def cached(self, name: str, measure):
@@ -219,6 +237,15 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
+def span(xs) -> tuple[float, float]:
+    """(min, max) of xs, both NaN if any is NaN or there are none (min() would skip a NaN or not,
+    depending on where it stands)."""
+    xs = list(xs)
+    if not xs or any(math.isnan(x) for x in xs):
+        return math.nan, math.nan
+    return min(xs), max(xs)
+
+
 def load_reference() -> list[dict]:
     """Every row of paper_figs/reference/*.csv. Columns: figure, quantity, paper_value, kind (T: the
     paper's text; A: read off a figure by eye; F: printed on a figure), op (= within tolerance, <= or
@@ -246,19 +273,23 @@ def compare(figure: str, values: dict[str, float]) -> list[dict]:
 
     Deviation is relative, pagelab / paper - 1. `=`: within when |pagelab - paper| <= rel_tol x
     |paper| + abs_tol; `<=` / `>=`: within when pagelab is at most / at least the paper's value by
-    that margin. A quantity the module did not measure is reported, not dropped."""
+    that margin. A quantity the module did not compute is reported ("not measured"), not dropped; one
+    it computed as NaN is "undefined"."""
     out = []
     for r in load_reference():
         if r["figure"] != figure:
             continue
         paper = float(r["paper_value"])
-        ours = values.get(r["quantity"], math.nan)
+        measured = r["quantity"] in values
+        ours = values.get(r["quantity"])
         ours = math.nan if ours is None else float(ours)
         rel, ab = _float(r.get("rel_tol")), _float(r.get("abs_tol"))
         margin = rel * abs(paper) + ab
         op = r.get("op") or "="
-        if math.isnan(ours):
-            ok = "not measured"
+        if not measured:
+            ok = "not measured"  # no module computes it: a misspelt row (CI fails on it)
+        elif math.isnan(ours):
+            ok = "undefined"  # computed but undefined, e.g. a ratio to a capacity below the grid
         elif op == "<=":
             ok = "yes" if ours <= paper + margin else "no"
         elif op == ">=":

@@ -4,7 +4,7 @@ paper's eye-read knees) and vLLM's capacity over each baseline's (the text's rat
 
 import matplotlib.pyplot as plt
 
-from paper_figs.core import SYSTEM_ORDER, figure_note, latency_panel, ratio
+from paper_figs.core import SYSTEM_ORDER, figure_note, latency_panel, ratio, span
 
 TITLE = "Figure 12: single sequence generation, normalized latency vs request rate"
 PANELS = [  # (panel, preset, title, the paper's x-axis limit)
@@ -36,7 +36,7 @@ def make(s):
         ax.set_xlabel("Request rate (req/s)")
     for sys in ("orca_oracle", "orca_max", "fastertransformer"):  # the text's ranges over (a-c)
         r = [values[f"{p}/ratio/vllm:{sys}"] for p in "abc"]
-        values[f"abc/ratio_min/vllm:{sys}"], values[f"abc/ratio_max/vllm:{sys}"] = min(r), max(r)
+        values[f"abc/ratio_min/vllm:{sys}"], values[f"abc/ratio_max/vllm:{sys}"] = span(r)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=5, frameon=False, bbox_to_anchor=(0.5, 1.03))
     figure_note(fig, f"pagelab simulator, {s.tier.name} tier; stars: the paper's eye-read knees; "

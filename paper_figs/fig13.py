@@ -19,7 +19,7 @@ def make(s):
         run = s.run(exp)
         rate = float(run.points["request_rate"].iloc[0])
         for i, sys in enumerate(SYSTEMS):
-            v = float(run.series(sys)["batched_requests_artifact"].iloc[0])
+            v = run.value(sys, "batched_requests_artifact")
             values[f"{panel}/batched_requests/{sys}"] = v
             ax.bar(i, v, color=COLORS[sys], width=0.6)
             ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)

@@ -28,7 +28,8 @@ def make(s):
         latency_panel(ax, run, SYSTEMS, title, knees=knees, xmax=max(xmax, run.points.request_rate.max()))
         for sys in SYSTEMS:
             values[f"{panel}/capacity/{sys}"] = run.cap(sys)
-        values[f"{panel}/ratio/vllm:orca_oracle"] = ratio(run.cap("vllm"), run.cap("orca_oracle"))
+        for sys in SYSTEMS[:3]:
+            values[f"{panel}/ratio/vllm:{sys}"] = ratio(run.cap("vllm"), run.cap(sys))
     for ax in axes[:, 0]:
         ax.set_ylabel("Normalized latency (s/token)")
     for ax in axes[1]:

@@ -5,7 +5,7 @@ trace at 20 req/s; `exp=sharing_parallel`, `exp=sharing_beam`)."""
 
 import matplotlib.pyplot as plt
 
-from paper_figs.core import figure_note
+from paper_figs.core import figure_note, span
 
 TITLE = "Figure 15: memory saved by sharing, OPT-13B, Alpaca"
 PANELS = [
@@ -25,7 +25,7 @@ def make(s):
         for i, y in enumerate(ys):
             ax.text(i, y, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
             values[f"{key}/saving/{xs[i]}"] = y
-        values[f"{key}/saving_min"], values[f"{key}/saving_max"] = min(ys), max(ys)
+        values[f"{key}/saving_min"], values[f"{key}/saving_max"] = span(ys)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("Memory saving (%)")

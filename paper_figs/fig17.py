@@ -15,7 +15,7 @@ def make(s):
     values = {f"capacity/{sys}": run.cap(sys) for sys in SYSTEMS}
     for sys in SYSTEMS[:3]:
         values[f"ratio/vllm:{sys}"] = ratio(values["capacity/vllm"], values[f"capacity/{sys}"])
-        fig, ax = plt.subplots(figsize=(4.5, 3.3))
+    fig, ax = plt.subplots(figsize=(4.5, 3.3))
     knees = {sys: s.ref(f"capacity/{sys}") for sys in SYSTEMS}
     latency_panel(
         ax, run, SYSTEMS, "Chatbot, OPT-13B", knees=knees, xmax=max(0.8, run.points.request_rate.max())

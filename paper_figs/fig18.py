@@ -4,11 +4,13 @@ model's A100 prediction beside a measurement on this machine (paper_figs/micro.p
 latency against block size, vLLM on OPT-13B, ShareGPT at 2.01 req/s and Alpaca at 30.1 req/s
 (`exp=block_size_sweep`, `exp=block_size_alpaca`)."""
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 from paper_figs import micro
-from paper_figs.core import figure_note
+from paper_figs.core import figure_note, span
 
 TITLE = "Figure 18: (a) attention kernel latency, (b) end-to-end latency vs block size"
 
@@ -36,7 +38,8 @@ def make(s):
                 r["contiguous_us"],
             )
             slow.append(r["paged_us"] / r["contiguous_us"] - 1)
-        values[f"{tag}/slowdown_min"], values[f"{tag}/slowdown_max"] = min(slow), max(slow)
+        values[f"{tag}/slowdown_min"], values[f"{tag}/slowdown_max"] = span(slow)
+        values[f"{tag}/slowdown_mean"] = sum(slow) / len(slow)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     _bars(axes[0], pred, "(a) predicted: cost model, A100-40GB")
     _bars(axes[1], meas["rows"], f"(a) measured: {meas['what']}\n{meas['machine']}")
@@ -48,11 +51,12 @@ def make(s):
         run = s.run(exp)
         pts = run.series("vllm").sort_values("block_size")
         bs, lat = pts["block_size"].astype(int).to_numpy(), pts["normalized_latency"].to_numpy()
-        rate = float(pts["request_rate"].iloc[0])
+        rate = float(pts["request_rate"].iloc[0]) if len(pts) else math.nan
         ax.plot(bs, lat, marker="o", color=color, label=f"{name} ({rate:g} req/s)")
         key = name.lower()
-        values[f"{key}/best_block_size"] = float(bs[np.argmin(lat)])
-        values[f"{key}/worst_block_size"] = float(bs[np.argmax(lat)])
+        ok = len(lat) and not np.isnan(lat).all()
+        values[f"{key}/best_block_size"] = float(bs[np.nanargmin(lat)]) if ok else math.nan
+        values[f"{key}/worst_block_size"] = float(bs[np.nanargmax(lat)]) if ok else math.nan
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 2, 4, 8, 16, 32, 64, 128, 256], ["1", "2", "4", "8", "16", "32", "64", "128", "256"])
     ax.set_xlabel("Block size")

@@ -5,7 +5,7 @@ setting: 4.0 req/s, the window [300, 900] s of a 900 s trace (`exp=memory_waste`
 
 import matplotlib.pyplot as plt
 
-from paper_figs.core import LABELS, figure_note
+from paper_figs.core import LABELS, figure_note, span
 
 TITLE = "Figure 2: KV cache memory by class, OPT-13B, ShareGPT"
 SYSTEMS = ["orca_max", "orca_pow2", "orca_oracle", "vllm"]  # the paper's bar order
@@ -22,17 +22,16 @@ def make(s):
     values = {}
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for i, sys in enumerate(SYSTEMS):
-        row = run.series(sys).iloc[0]
         bottom = 0.0
         for col, label, color, key in CLASSES:
-            v = float(row[col])
+            v = run.value(sys, col)
             values[f"{key}/{sys}"] = v
             ax.bar(i, v, bottom=bottom, color=color, label=label if i == 0 else None, width=0.6)
             if v >= 4:
                 ax.text(i, bottom + v / 2, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white")
             bottom += v
     orca = [values[f"token_states/{x}"] for x in SYSTEMS[:3]]
-    values["token_states/orca_min"], values["token_states/orca_max_of_variants"] = min(orca), max(orca)
+    values["token_states/orca_min"], values["token_states/orca_max_of_variants"] = span(orca)
     ax.set_xticks(range(len(SYSTEMS)), [LABELS[x] for x in SYSTEMS], fontsize=8)
     ax.set_ylabel("KV cache usage (%)")
     ax.set_ylim(0, 100)

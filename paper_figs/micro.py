@@ -8,7 +8,10 @@ the simulator's prediction of the same quantities on the paper's A100.
 - Swap and recompute (19(a)): moving the KV of 256 tokens out to host memory and back with the real
   engine's ModelRunner.swap at block sizes 1-256, against recomputing them (one 256-token prompt's
   forward pass). A 13B model does not fit a CPU run, so the CPU measures the OPT-125m preset's shapes
-  (random weights); the prediction is the cost model's, OPT-13B on an A100-40GB.
+  (random weights); the prediction is the cost model's, OPT-13B on an A100-40GB. pagelab's runner moves
+  all of a step's blocks in one indexed copy, where vLLM v0 (and the cost model's `swap_ms`) pays one
+  copy per block and layer: the measured swap therefore barely depends on the block size, and the
+  paper's steep fall with block size shows only in the prediction.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def write_report(out: Path, results: list[dict], tier: str, wall_s: float) -> Pa
         f"{' --quick' if tier == 'quick' else ''}</code>.</p>",
         "<h2>Summary</h2>",
         f"<p><b>{n_ok} of {len(rows)}</b> quantities within tolerance; {n_no} outside; {n_na} not "
-        "measured.</p>",
+        "measured or undefined.</p>",
         _table(per_fig, ["figure", "quantities", "within", "outside", "wall_s", "status"]),
     ]
     if misses:
@@ -125,7 +125,13 @@ def write_report(out: Path, results: list[dict], tier: str, wall_s: float) -> Pa
             )
         else:
             parts.append("<p class='note'>The paper states no values for this figure.</p>")
-        parts.append(f"<p class='note'>{res['wall_s']:.0f} s</p></div></div>")
+        runs = "; ".join(
+            f"{html.escape(r['path'])} (commit {html.escape(r['commit'][:10] or 'unknown')}"
+            + (", not this report's" if r["commit"] and r["commit"] != env["git_commit"] else "")
+            + ")"
+            for r in res.get("runs", [])
+        )
+        parts.append(f"<p class='note'>{res['wall_s']:.0f} s. Runs: {runs or 'none'}</p></div></div>")
     parts.append("</body></html>\n")
     index = out / "index.html"
     atomic_write(index, "\n".join(parts))

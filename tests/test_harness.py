@@ -135,6 +135,31 @@ def test_an_interrupted_run_resumes_and_skips_finished_points(tmp_path, monkeypa
     assert third != run  # a finished run is not reopened
 
 
+def test_a_resumed_sweep_keeps_one_capacity_row_per_swept_value(tmp_path, monkeypatch):
+    """Rows read back from points.csv hold swept values as text; new rows must group with them."""
+    import harness.experiment as experiment
+
+    cfg, text = load(
+        "exp=smoke", f"results_dir={tmp_path}", "workers=1", "plots=false", "systems=[vllm]",
+        "request_rates=[1.0,4.0]", "duration_s=30", "+sweep={block_size:[16,32]}",
+    )  # fmt: skip
+    real, calls = experiment.run_point, []
+
+    def crash_after_one(c, point):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(point)
+        return real(c, point)
+
+    monkeypatch.setattr(experiment, "run_point", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, text, progress=False)
+    monkeypatch.setattr(experiment, "run_point", real)
+    run = run_experiment(cfg, text, progress=False)
+    caps = list(csv.DictReader(open(run / "capacity.csv")))
+    assert sorted(c["block_size"] for c in caps) == ["16", "32"], caps
+
+
 def test_a_multi_worker_run_resumes_and_runs_only_the_missing_points(tmp_path, monkeypatch):
     """workers=2: points run in worker processes and are written by the parent as they finish; an
     interruption keeps the finished rows, and the re-run computes only the points not in points.csv."""

@@ -59,16 +59,21 @@ def test_compare_ops_tolerances_and_unmeasured(tmp_path, monkeypatch):
             ("figX", "ratio", 1.2, "T", "<=", "", "", "23", "text"),
             ("figX", "best", 16, "A", ">=", "", "", "22", "text"),
             ("figX", "absent", 5, "T", "=", "", 1, "", "text"),
+            ("figX", "nan", 5, "T", "=", "", 1, "", "text"),
             ("figY", "cap", 1.0, "A", "=", 0.1, "", "", "other figure"),
         ],
     )
     monkeypatch.setattr(core, "REFERENCE_DIR", tmp_path)
-    rows = {r["quantity"]: r for r in compare("figX", {"cap": 2.4, "cap_far": 2.6, "ratio": 1.3, "best": 16})}
-    assert set(rows) == {"cap", "cap_far", "ratio", "best", "absent"}  # figY's row is not figX's
+    rows = {
+        r["quantity"]: r
+        for r in compare("figX", {"cap": 2.4, "cap_far": 2.6, "ratio": 1.3, "best": 16, "nan": math.nan})
+    }
+    assert set(rows) == {"cap", "cap_far", "ratio", "best", "absent", "nan"}  # figY's row is not figX's
     assert rows["cap"]["within_tolerance"] == "yes" and rows["cap"]["deviation"] == pytest.approx(0.2)
     assert rows["cap_far"]["within_tolerance"] == "no"
     assert rows["ratio"]["within_tolerance"] == "no"
     assert rows["best"]["within_tolerance"] == "yes"
+    assert rows["nan"]["within_tolerance"] == "undefined"
     assert rows["absent"]["within_tolerance"] == "not measured" and math.isnan(
         rows["absent"]["pagelab_value"]
     )
@@ -175,3 +180,23 @@ def test_report_renders_in_headless_chromium(tmp_path):
     rgb = {c for _, c in colors}
     assert any(abs(r - 0xC4) < 12 and abs(g - 0x4E) < 12 and abs(b - 0x52) < 12 for r, g, b in rgb)
     assert (0xFD, 0xE8, 0xE8) in rgb
+
+
+def test_run_selects_swept_values_as_numbers_or_text():
+    import pandas as pd
+
+    from paper_figs.core import Run
+
+    points = pd.DataFrame(
+        {"system": ["vllm"] * 3, "request_rate": [2.0, 1.0, 1.0], "block_size": [16, 16, 32],
+         "preemption_mode": ["swap", "swap", "recompute"], "normalized_latency": [0.3, 0.1, 0.2]}
+    )  # fmt: skip
+    capacity = pd.DataFrame({"system": ["vllm", "vllm"], "block_size": [16, 32], "capacity_rps": [2.5, 1.5]})
+    run = Run("x", Path("."), points, capacity)
+    assert run.cap("vllm", block_size=16.0) == 2.5 and run.cap("vllm", block_size="32") == 1.5
+    assert math.isnan(run.cap("orca_max")) and math.isnan(run.value("orca_max", "normalized_latency"))
+    assert list(run.series("vllm", block_size=16)["request_rate"]) == [1.0, 2.0]
+    assert run.value("vllm", "normalized_latency", preemption_mode="recompute") == 0.2
+    dup = Run("x", Path("."), points, pd.concat([capacity, capacity]))
+    with pytest.raises(ValueError, match="rows for vllm"):
+        dup.cap("vllm", block_size=16)
