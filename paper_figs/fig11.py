@@ -27,7 +27,9 @@ def make(s):
         values[f"{name}/mean_input"], values[f"{name}/mean_output"] = float(inp.mean()), float(out.mean())
         label = "(a) ShareGPT" if name == "sharegpt" else "(b) Alpaca"
         ax.set_title(f"{label}: mean in {inp.mean():.2f}, out {out.mean():.2f}", fontsize=9)
-        ax.set_xlabel("# tokens")
+        for q, color in (("mean_input", "#4c72b0"), ("mean_output", "#dd8452")):  # the paper's means
+            ax.axvline(s.ref(f"{name}/{q}"), color=color, ls="--", lw=1)
+        ax.set_xlabel("# tokens (dashed: the paper's means)")
         ax.set_ylabel("Density")
         ax.legend(fontsize=8)
     figure_note(

@@ -26,6 +26,9 @@ def make(s):
             ax.text(i, y, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
             values[f"{key}/saving/{xs[i]}"] = y
         values[f"{key}/saving_min"], values[f"{key}/saving_max"] = span(ys)
+        lo, hi = s.ref(f"{key}/saving_min"), s.ref(f"{key}/saving_max")
+        ax.axhspan(lo, hi, color="black", alpha=0.12, label=f"paper: {lo:g}-{hi:g}%")
+        ax.legend(fontsize=7, loc="upper left")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("Memory saving (%)")

@@ -35,8 +35,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for r in rows:
-        ok = r.get("within_tolerance", "")
-        cls = {"yes": "yes", "no": "no"}.get(ok, "na")
+        ok = r.get("within_tolerance")
+        cls = "" if ok is None else {"yes": "yes", "no": "no"}.get(ok, "na")
         cells = []
         for c in columns:
             v = r.get(c, "")
