@@ -63,6 +63,28 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
+    def abort(self, request_id: str, now: float) -> list[SequenceGroup]:
+        """Drop a request wherever it waits or runs (its client went away): its unfinished sequences end
+        as aborted and their blocks, on the device or swapped out, are freed. Call between steps.
+        Returns the groups this finishes: the request's, and under pad_batch the held members of a
+        padded batch it was the last running member of; [] for an unknown or finished request."""
+        for queue in (self.waiting, self.running, self.swapped):
+            group = next((g for g in queue if g.request_id == request_id), None)
+            if group is not None:
+                break
+        else:
+            return []
+        queue.remove(group)
+        for seq in group.seqs:
+            if seq.status not in FINISHED:
+                seq.status = SequenceStatus.FINISHED_ABORTED
+            self.memory.free(seq)
+        group.metrics.finished_time = now
+        finished = [group]
+        if self.config.pad_batch and not self.running and self._held:
+            self._retire([], finished, now)  # the padded batch ends without its aborted member
+        return finished
+
     # ------------------------------------------------------------------ scheduling
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()

@@ -20,7 +20,7 @@ class SequenceStatus(enum.Enum):
     SWAPPED = "swapped"
     FINISHED_STOPPED = "finished_stopped"  # sampled EOS
     FINISHED_LENGTH_CAPPED = "finished_length_capped"  # reached max_tokens or max_model_len
-    FINISHED_ABORTED = "finished_aborted"  # a beam that lost to better ones
+    FINISHED_ABORTED = "finished_aborted"  # a beam that lost to better ones, or its client went away
     FINISHED_REJECTED = "finished_rejected"  # could never run: see SequenceGroup.reject_reason
 
 

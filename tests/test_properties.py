@@ -25,6 +25,7 @@ from paged import (
     SequenceStatus,
     SharedPrefix,
 )
+from paged.sequence import FINISHED
 from tests.shadow import ShadowExecutor, brute_force_usage, check_contents, check_invariants
 
 request = st.fixed_dictionaries(
@@ -35,6 +36,7 @@ request = st.fixed_dictionaries(
         "beam": st.booleans(),
         "arrival_step": st.integers(0, 8),
         "use_prefix": st.booleans(),
+        "abort_step": st.one_of(st.none(), st.none(), st.integers(0, 30)),  # a client going away
     }
 )
 
@@ -86,9 +88,18 @@ def run_workload(cfg, requests, check_every_step=True):
     pending = sorted(groups, key=lambda g: g.arrival_time)
     finished = []
     step = 0
+    aborts, aborted = {}, set()
+    for g, r in zip(groups, requests):
+        if r.get("abort_step") is not None:
+            aborts.setdefault(r["abort_step"], []).append(g.request_id)
     while pending or scheduler.has_unfinished:
         while pending and pending[0].arrival_time <= step:
             scheduler.add(pending.pop(0))
+        for request_id in aborts.get(step, []):
+            dropped = scheduler.abort(request_id, float(step))
+            if dropped:
+                aborted.add(dropped[0].request_id)
+            finished += dropped
         engine.clock = float(step)
         finished += engine.step().finished
         step += 1
@@ -101,7 +112,7 @@ def run_workload(cfg, requests, check_every_step=True):
             assert (usage.token_states, usage.reservation, usage.internal_fragmentation) == (
                 brute_force_usage(manager, scheduler.running)
             )
-    return groups, finished, manager, scheduler
+    return groups, finished, manager, scheduler, aborted
 
 
 @settings(
@@ -111,11 +122,14 @@ def run_workload(cfg, requests, check_every_step=True):
 )
 @given(cfg=setup, requests=st.lists(request, min_size=1, max_size=16))
 def test_random_workloads_keep_the_books_exact(cfg, requests):
-    groups, finished, manager, scheduler = run_workload(cfg, requests)
+    groups, finished, manager, scheduler, aborted = run_workload(cfg, requests)
     assert sorted(g.request_id for g in finished) == sorted(g.request_id for g in groups)
     for g in groups:
         if g.reject_reason is not None:
             assert all(s.status is SequenceStatus.FINISHED_REJECTED for s in g.seqs)
+            continue
+        if g.request_id in aborted:  # its client went away: nothing of it is left running
+            assert all(s.status in FINISHED for s in g.seqs) and g.metrics.finished_time is not None
             continue
         # Nothing lost to preemption: every surviving sequence has its prompt and all its tokens.
         for s in g.seqs:
