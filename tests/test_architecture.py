@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("paged", "pagelab_kernels", "baselines", "harness", "paper_figs")
+PACKAGES = ("paged", "pagelab_kernels", "baselines", "harness", "paper_figs", "serving")
 CORE = ("paged", "pagelab_kernels", "baselines")
 
 

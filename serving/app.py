@@ -1,0 +1,429 @@
+"""The OpenAI-compatible HTTP server over the engine loop (paged/async_engine.py): FastAPI routes shaped
+like vLLM's server (/v1/completions, /v1/chat/completions, /v1/models, /health, /tokenize,
+/detokenize, /metrics). Bad input gets a 4xx in OpenAI's error format and the server keeps serving; a
+client that disconnects aborts its request, which frees its blocks; a full waiting queue answers 503."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from paged.async_engine import AsyncEngine, QueueFull, Update
+from paged.sampling_params import SamplingParams
+from paged.sequence import SequenceGroup, SequenceStatus
+from serving.backend import Backend
+from serving.metrics import Metrics
+from serving.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    _Sampling,
+)
+
+_ids = itertools.count()
+
+
+class Generation:
+    """One request group in flight: its updates arrive on an asyncio queue from the engine thread."""
+
+    def __init__(self, app_state, prompt: list[int], params: SamplingParams, stop: list[str]) -> None:
+        self.state = app_state
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Update] = asyncio.Queue()
+        self.stop = stop
+        b = app_state.backend
+        self.group = SequenceGroup(f"{next(_ids)}", prompt, params, 0.0, eos_token_id=b.eos_token_id)
+        self.text = [""] * params.n
+        self.finish_reason: list[str | None] = [None] * params.n
+        self.first_token_time: float | None = None
+        self.done = False
+        self.start = time.monotonic()
+
+    def submit(self) -> None:
+        try:
+            self.state.engine.add(
+                self.group, lambda u: self.loop.call_soon_threadsafe(self.queue.put_nowait, u)
+            )
+        except QueueFull as e:
+            raise APIError(f"server overloaded: {e}; retry later", 503) from None
+
+    def abort(self) -> None:
+        if not self.done:
+            self.state.engine.abort(self.group.request_id)
+
+    async def updates(self):
+        """(index, text delta) pairs as tokens arrive, then None when finished. A stop string ends its
+        sequence's text before it (and, once every sequence has ended, the request); text that could
+        still begin a stop string is held back until it cannot, or the sequence ends."""
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        while not self.done:
+            update = await self.queue.get()
+            if update.new_tokens and self.first_token_time is None:
+                self.first_token_time = time.monotonic()
+            for i in update.new_tokens:
+                if self.finish_reason[i] is None:
+                    delta = self._advance(i, update.group.seqs[i].output_token_ids, hold, final=False)
+                    if delta:
+                        yield i, delta
+            if update.finished:
+                self.done = True
+                for i, seq in enumerate(update.group.seqs[: len(self.text)]):  # flush what was held back
+                    if self.finish_reason[i] is None:
+                        delta = self._advance(i, seq.output_token_ids, hold, final=True)
+                        if delta:
+                            yield i, delta
+                self._finish(update.group)
+            elif self.stop and all(r is not None for r in self.finish_reason):
+                self.state.engine.abort(self.group.request_id)  # every sequence hit a stop string
+        yield None
+
+    def _advance(self, i: int, tokens: list[int], hold: int, final: bool) -> str:
+        """Sequence i's new text to send, given all its tokens so far."""
+        full = self.state.backend.tokenizer.decode(tokens)
+        sent = len(self.text[i])
+        cuts = [c for c in (full.find(s) for s in self.stop) if c >= 0]
+        if cuts:
+            self.finish_reason[i] = "stop"
+            end = min(cuts)
+        else:
+            end = len(full) if final else max(sent, len(full) - hold)
+        delta = full[sent:end]
+        self.text[i] += delta
+        return delta
+
+    def _finish(self, group: SequenceGroup) -> None:
+        if group.reject_reason is not None:
+            raise APIError(group.reject_reason, 400)
+        for i, seq in enumerate(group.seqs[: len(self.text)]):
+            if self.finish_reason[i] is None:
+                stopped = seq.status is SequenceStatus.FINISHED_STOPPED
+                self.finish_reason[i] = "stop" if stopped else "length"
+            if group.sampling_params.use_beam_search:  # beams are only final at the end
+                self.text[i] = self.state.backend.tokenizer.decode(seq.output_token_ids)
+        self.state.metrics.finished(self, group)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.group.num_prompt_tokens
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(s.num_output_tokens for s in self.group.seqs)
+
+
+def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
+    engine = AsyncEngine(backend.engine, pace=backend.pace, max_waiting=max_waiting)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.stop()  # in-flight requests are aborted; their blocks freed
+
+    app = FastAPI(title="pagelab", lifespan=lifespan)
+    app.state.backend, app.state.engine = backend, engine
+    app.state.metrics = Metrics(engine)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        msg = f"{where}: {err['msg']}" if where else err["msg"]
+        if err.get("type") == "json_invalid":
+            msg = f"the request body is not valid JSON ({err['msg']})"
+        return APIError(msg, 400, where or None).response()
+
+    # ------------------------------------------------------------------ checks shared by both APIs
+    def check_model(name: str) -> None:
+        if name != backend.model_name:
+            raise APIError(
+                f"The model `{name}` does not exist; this server serves `{backend.model_name}`", 404, "model"
+            )
+
+    def params_for(req: _Sampling, prompt_len: int, max_tokens: int | None) -> SamplingParams:
+        limit = backend.max_model_len
+        if prompt_len == 0:
+            raise APIError("the prompt is empty: give at least one token", 400, "prompt")
+        if prompt_len >= limit:
+            raise APIError(
+                f"the prompt has {prompt_len} tokens; this model's maximum context length is {limit} "
+                "tokens: shorten the prompt",
+                400,
+                "prompt",
+            )
+        max_tokens = limit - prompt_len if max_tokens is None else max_tokens
+        if prompt_len + max_tokens > limit:
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
+                "completion). Please reduce the length of the prompt or the completion.",
+                400,
+                "max_tokens",
+            )
+        need = req.n * -(-(prompt_len + max_tokens) // backend.block_size)
+        if need > backend.num_gpu_blocks:
+            raise APIError(
+                f"n={req.n} sequences of up to {prompt_len + max_tokens} tokens need {need} KV blocks "
+                f"and the cache holds {backend.num_gpu_blocks}: this request can never run; "
+                "lower n or max_tokens",
+                400,
+                "n",
+            )
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens,
+                n=req.n,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k,
+                seed=req.seed,
+                ignore_eos=req.ignore_eos,
+            )
+        except ValueError as e:
+            raise APIError(str(e), 400) from None
+
+    def check_ids(ids: list[int]) -> list[int]:
+        vocab = backend.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise APIError(f"token id {bad[0]} is outside the vocabulary (0 .. {vocab - 1})", 400, "prompt")
+        return ids
+
+    async def run(gens: list[Generation], request: Request) -> None:
+        """Wait for every generation, aborting all when the client disconnects."""
+
+        async def drain(g):
+            async for _ in g.updates():
+                pass
+
+        tasks = [asyncio.ensure_future(drain(g)) for g in gens]
+        try:
+            while True:
+                done, _ = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.ALL_COMPLETED)
+                if len(done) == len(tasks):
+                    for t in tasks:
+                        t.result()  # an APIError (a rejected request) surfaces here
+                    return
+                if await request.is_disconnected():
+                    for g in gens:
+                        g.abort()
+                    return
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def usage(gens: list[Generation]) -> dict:
+        p = sum(g.num_prompt_tokens for g in gens)
+        c = sum(g.num_output_tokens for g in gens)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def sse(payload: dict | str) -> str:
+        return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+    async def stream(gens: list[Generation], request: Request, chunk, include_usage: bool, chat: bool):
+        """Server-sent events: one chunk per text delta (its choice index), each choice's finish
+        reason, then the usage chunk (stream_options.include_usage) and `data: [DONE]`."""
+        merged: asyncio.Queue = asyncio.Queue()
+        n = gens[0].group.sampling_params.n
+
+        async def pump(k, g):
+            try:
+                async for item in g.updates():
+                    await merged.put((k, g, item))
+            except APIError as e:
+                await merged.put((k, g, e))
+
+        tasks = [asyncio.ensure_future(pump(k, g)) for k, g in enumerate(gens)]
+        try:
+            if chat:
+                for k in range(len(gens)):
+                    for i in range(n):
+                        yield sse(chunk(k * n + i, {"role": "assistant", "content": ""}, None))
+            remaining = len(gens)
+            while remaining:
+                k, g, item = await merged.get()
+                if isinstance(item, APIError):
+                    yield sse(
+                        {"error": {"message": item.message, "type": "BadRequestError", "code": item.status}}
+                    )
+                    remaining -= 1
+                    continue
+                if item is None:
+                    remaining -= 1
+                    for i in range(n):
+                        yield sse(chunk(k * n + i, {} if chat else "", g.finish_reason[i]))
+                    continue
+                i, delta = item
+                yield sse(chunk(k * n + i, {"content": delta} if chat else delta, None))
+            if include_usage:
+                yield sse(chunk(None, None, None) | {"choices": [], "usage": usage(gens)})
+            yield sse("[DONE]")
+        finally:  # the client went away (the response was cancelled) or we are done
+            for g in gens:
+                g.abort()
+            for t in tasks:
+                t.cancel()
+
+    # ------------------------------------------------------------------ routes
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        check_model(req.model)
+        p = req.prompt
+        if isinstance(p, str):
+            prompts = [backend.tokenizer.encode(p)]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [check_ids(list(p))]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [check_ids(list(x)) for x in p]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [backend.tokenizer.encode(x) for x in p]
+        else:
+            raise APIError(
+                "prompt must be a string, a list of strings, token ids or lists of token ids", 400, "prompt"
+            )
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI API's default
+        params = [params_for(req, len(x), max_tokens) for x in prompts]
+        gens = [Generation(app.state, x, sp, req.stop_strings) for x, sp in zip(prompts, params)]
+        for g in gens:
+            g.submit()
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        n = req.n
+
+        def chunk(index, text, finish):
+            choices = (
+                []
+                if index is None
+                else [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]
+            )
+            return {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": backend.model_name,
+                "choices": choices,
+            }
+
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                stream(gens, request, chunk, include, chat=False), media_type="text/event-stream"
+            )
+        await run(gens, request)
+        choices = [
+            {"index": k * n + i, "text": g.text[i], "logprobs": None, "finish_reason": g.finish_reason[i]}
+            for k, g in enumerate(gens)
+            for i in range(n)
+        ]
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": backend.model_name,
+            "choices": choices,
+            "usage": usage(gens),
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        check_model(req.model)
+        prompt = backend.chat_prompt([m.model_dump() for m in req.messages])
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        gen = Generation(app.state, prompt, params_for(req, len(prompt), max_tokens), req.stop_strings)
+        gen.submit()
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(index, delta, finish):
+            choices = (
+                []
+                if index is None
+                else [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            )
+            return {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": backend.model_name,
+                "choices": choices,
+            }
+
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                stream([gen], request, chunk, include, chat=True), media_type="text/event-stream"
+            )
+        await run([gen], request)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": gen.text[i]},
+                "logprobs": None,
+                "finish_reason": gen.finish_reason[i],
+            }
+            for i in range(req.n)
+        ]
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": backend.model_name,
+            "choices": choices,
+            "usage": usage([gen]),
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        card = {
+            "id": backend.model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "pagelab",
+            "root": backend.model_name,
+            "parent": None,
+            "max_model_len": backend.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health():
+        if not engine.alive:
+            return JSONResponse({"error": f"the engine stopped: {engine.error!r}"}, status_code=503)
+        return Response(status_code=200)
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        if req.model is not None:
+            check_model(req.model)
+        if req.messages is not None:
+            ids = backend.chat_prompt([m.model_dump() for m in req.messages])
+        elif req.prompt is not None:
+            ids = backend.tokenizer.encode(req.prompt)
+        else:
+            raise APIError("give prompt or messages", 400, "prompt")
+        return {"tokens": ids, "count": len(ids), "max_model_len": backend.max_model_len}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        if req.model is not None:
+            check_model(req.model)
+        return {"prompt": backend.tokenizer.decode(check_ids(req.tokens))}
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = app.state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,150 @@
+"""What the server serves: the engine (real model runner or simulated GPU, under any memory policy), the
+tokenizer and the limits the API checks requests against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from paged import Engine
+
+SMOLLM2 = "smollm2-135m"
+
+
+class ByteTokenizer:
+    """For models without a tokenizer (random-weight presets, the simulated GPU): a prompt's UTF-8
+    bytes are its token ids, and any id decodes to one printable ASCII character. Lengths are what
+    matter there; the text is not meant to be read."""
+
+    chat_template = None
+    eos_token_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(32 + i % 95) for i in ids)
+
+
+@dataclass
+class Backend:
+    engine: Engine
+    tokenizer: object  # encode(str) -> ids, decode(ids) -> str; a transformers tokenizer when real
+    model_name: str
+    max_model_len: int
+    num_gpu_blocks: int
+    block_size: int
+    eos_token_id: int | None
+    vocab_size: int
+    pace: bool  # a simulated executor: pace its steps in wall time
+    description: str
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """The tokenizer's chat template (with the assistant's turn opened), or for a tokenizer without
+        one, "role: content" lines and "assistant:"."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return tok.encode(text)
+
+
+def resolve_model(model: str) -> str:
+    """`smollm2-135m` -> its converted checkpoint directory (paged/checkpoints.py); anything else as
+    given (a checkpoint directory or a model preset)."""
+    if model == SMOLLM2:
+        from paged.checkpoints import smollm2_135m
+
+        return str(smollm2_135m())
+    return model
+
+
+def load_backend(
+    model: str,
+    backend: str = "real",
+    system: str = "vllm",
+    hardware: str = "a100-40gb",
+    kv_cache_gib: float | None = None,
+    max_model_len: int | None = None,
+    block_size: int = 16,
+    dtype: str = "auto",
+    seed: int = 0,
+    served_name: str | None = None,
+) -> Backend:
+    """real: the model (checkpoint directory, `smollm2-135m`, or a preset with random weights) on this
+    machine; sim: a model preset's shapes on `hardware`, its steps timed by the cost model."""
+    from baselines.registry import SYSTEMS, build_system
+
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}: choose one of {', '.join(SYSTEMS)}")
+    if backend == "sim":
+        return _sim_backend(
+            model, system, hardware, kv_cache_gib, max_model_len, block_size, seed, served_name
+        )
+    if backend != "real":
+        raise ValueError(f"backend must be real or sim, got {backend!r}")
+    from paged import LLM, Scheduler
+    from paged.real_executor import RealExecutor
+
+    path = resolve_model(model)
+    if dtype == "auto":  # fp16 on a GPU; fp32 on a CPU, the fast dtype where bf16 is emulated (AVX2)
+        import torch
+
+        dtype = "float16" if torch.cuda.is_available() else "float32"
+    llm = LLM(
+        model=path,
+        dtype=dtype,
+        seed=seed,
+        kv_cache_gib=kv_cache_gib,
+        max_model_len=max_model_len,
+        block_size=block_size,
+    )
+    memory, sched_cfg = build_system(system, llm.cache_config, llm.scheduler_config)
+    engine = Engine(Scheduler(sched_cfg, memory), RealExecutor(llm.runner, seed=seed))
+    tokenizer = llm.tokenizer or ByteTokenizer()
+    name = served_name or (SMOLLM2 if model == SMOLLM2 else Path(model).name or model)
+    return Backend(
+        engine=engine,
+        tokenizer=tokenizer,
+        model_name=name,
+        max_model_len=sched_cfg.max_model_len,
+        num_gpu_blocks=llm.cache_config.num_gpu_blocks,
+        block_size=block_size,
+        eos_token_id=llm.eos_token_id,
+        vocab_size=llm.model.config.vocab_size,
+        pace=False,
+        description=f"{name} on this machine ({llm.runner.device}, {dtype}), {system}",
+    )
+
+
+def _sim_backend(
+    model, system, hardware, kv_cache_gib, max_model_len, block_size, seed, served_name
+) -> Backend:
+    from harness.server import ServerConfig
+    from harness.simulate import SimConfig, build
+
+    server = ServerConfig(block_size=block_size, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
+    cfg = SimConfig(
+        system=system,
+        model=model,
+        hardware=hardware,
+        server=server,
+        seed=seed,
+        track_memory=False,
+        fast_forward=False,
+    )
+    engine, cap, _ = build(cfg)
+    name = served_name or Path(str(model)).stem
+    return Backend(
+        engine=engine,
+        tokenizer=ByteTokenizer(),
+        model_name=name,
+        max_model_len=engine.scheduler.config.max_model_len,
+        num_gpu_blocks=cap.num_gpu_blocks,
+        block_size=block_size,
+        eos_token_id=None,
+        vocab_size=engine.executor.vocab_size,
+        pace=True,
+        description=f"{name} simulated on {hardware} (cost model, random tokens), {system}",
+    )
