@@ -36,6 +36,7 @@ COMPARE_COLUMNS = [
     "tolerance",
     "fidelity_row",
     "source",
+    "note",
 ]
 
 # The paper's series order and look (Figure 12's legend: FT, Orca Max, Pow2, Oracle, vLLM).
@@ -87,6 +88,17 @@ def thin(rates: list[float], k: int | None) -> list[float]:
     return [rates[i] for i in idx]
 
 
+class Measured(float):
+    """A measured value with a note the compare table shows (a capacity that is only a bound)."""
+
+    note: str = ""
+
+    def __new__(cls, value: float, note: str = ""):
+        obj = super().__new__(cls, value)
+        obj.note = note
+        return obj
+
+
 @dataclass
 class Run:
     """One finished harness run: its directory, points.csv and capacity.csv as data frames."""
@@ -102,7 +114,15 @@ class Run:
         c = _select(self.capacity, system, params)
         if len(c) > 1:
             raise ValueError(f"{self.path}/capacity.csv has {len(c)} rows for {system} {params}")
-        return float(c["capacity_rps"].iloc[0]) if len(c) else math.nan
+        if not len(c):
+            return math.nan
+        cap = float(c["capacity_rps"].iloc[0])
+        pts = self.series(system, **params)
+        if len(pts) and cap == float(pts["request_rate"].iloc[-1]):
+            return Measured(cap, "a lower bound: below the threshold up to the grid's highest rate")
+        if cap == 0:
+            return Measured(cap, "above the threshold already at the grid's lowest rate")
+        return cap
 
     def series(self, system: str, **params) -> pd.DataFrame:
         """A system's points at the given swept values, by request rate."""
@@ -312,6 +332,7 @@ def compare(figure: str, values: dict[str, float]) -> list[dict]:
                 "tolerance": tol,
                 "fidelity_row": r.get("fidelity_row", ""),
                 "source": r.get("source", ""),
+                "note": getattr(values.get(r["quantity"]), "note", ""),
             }
         )
     return out

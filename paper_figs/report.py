@@ -94,7 +94,16 @@ def write_report(out: Path, results: list[dict], tier: str, wall_s: float) -> Pa
         parts.append(
             _table(
                 misses,
-                ["figure", "quantity", "paper_value", "kind", "pagelab_value", "deviation", "fidelity_row"],
+                [
+                    "figure",
+                    "quantity",
+                    "paper_value",
+                    "kind",
+                    "pagelab_value",
+                    "deviation",
+                    "fidelity_row",
+                    "note",
+                ],
             )  # fmt: skip
         )
     for res in results:
@@ -120,6 +129,7 @@ def write_report(out: Path, results: list[dict], tier: str, wall_s: float) -> Pa
                         "tolerance",
                         "within_tolerance",
                         "source",
+                        "note",
                     ],
                 )  # fmt: skip
             )

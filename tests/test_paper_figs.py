@@ -197,6 +197,12 @@ def test_run_selects_swept_values_as_numbers_or_text():
     assert math.isnan(run.cap("orca_max")) and math.isnan(run.value("orca_max", "normalized_latency"))
     assert list(run.series("vllm", block_size=16)["request_rate"]) == [1.0, 2.0]
     assert run.value("vllm", "normalized_latency", preemption_mode="recompute") == 0.2
+    assert getattr(run.cap("vllm", block_size=16), "note", "") == ""
+    bound = Run("x", Path("."), points, capacity.assign(capacity_rps=[2.0, 0.0]))
+    assert "lower bound" in bound.cap("vllm", block_size=16).note  # never crossed within the grid
+    assert "lowest rate" in bound.cap("vllm", block_size=32).note
+    rows = compare("fig12", {"a/capacity/vllm": bound.cap("vllm", block_size=16)})
+    assert any("lower bound" in r["note"] for r in rows)
     dup = Run("x", Path("."), points, pd.concat([capacity, capacity]))
     with pytest.raises(ValueError, match="rows for vllm"):
         dup.cap("vllm", block_size=16)
