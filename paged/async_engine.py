@@ -49,6 +49,10 @@ class QueueFull(RuntimeError):
     """The waiting queue is at its bound: the server answers 503."""
 
 
+class EngineStopped(RuntimeError):
+    """The engine thread has stopped (shut down, or failed: `AsyncEngine.error`): nothing is served."""
+
+
 class AsyncEngine:
     def __init__(self, engine: Engine, pace: bool = False, max_waiting: int = 1024) -> None:
         self.engine = engine
@@ -64,6 +68,8 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
+        self._closed = False  # set before the thread's last sweep of the inbox: add() refuses after
+        self._idle = True  # the engine waited for work: its clock jumps to the wall clock
         self.error: BaseException | None = None  # what stopped the engine thread, if anything
 
     # ------------------------------------------------------------------ any thread
@@ -77,14 +83,19 @@ class AsyncEngine:
         return time.monotonic() - self._t0
 
     def add(self, group: SequenceGroup, on_update: Callable[[Update], None]) -> None:
-        """Queue a request (its arrival time is now). Raises QueueFull at the waiting bound."""
+        """Queue a request (its arrival time is now). Raises QueueFull at the waiting bound and
+        EngineStopped once the engine thread has stopped."""
         with self._lock:
+            if self._closed:
+                raise EngineStopped(
+                    f"the engine has stopped ({self.error!r})" if self.error else "the engine has stopped"
+                )
             waiting = self.snapshot.num_waiting + self._num_pending
             if waiting >= self.max_waiting:
                 raise QueueFull(f"{waiting} requests are waiting (the server's bound is {self.max_waiting})")
             self._num_pending += 1
-        group.arrival_time = self.now()
-        self._inbox.put(("add", group, on_update))
+            group.arrival_time = self.now()
+            self._inbox.put(("add", group, on_update))
         self._wake.set()
 
     def abort(self, request_id: str) -> None:
@@ -106,17 +117,25 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ the engine thread
     def _loop(self) -> None:
+        stalled = 0
         try:
             while not self._stop.is_set():
                 self._drain()
                 if not self.engine.scheduler.has_unfinished:
+                    self._idle = True
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                self._step()
+                record = self._step()
+                # A step that ran nothing and finished nothing changed nothing: the next would too.
+                stalled = 0 if record.executed or record.finished else stalled + 1
+                if stalled > 1000:
+                    raise RuntimeError("the scheduler made no progress in 1000 steps")
         except BaseException as e:  # the server reports it (/health) rather than hanging its clients
             self.error = e
         finally:
+            with self._lock:
+                self._closed = True
             self._abort_all()
 
     def _drain(self) -> None:
@@ -135,12 +154,15 @@ class AsyncEngine:
             else:
                 for group in sched.abort(item, self.engine.clock):
                     self._publish(group, finished=True)
+                self._snapshot(step=False)  # an abort frees blocks: /metrics shows it now
         # The snapshot counts the queue as the next step will see it.
         self.snapshot.num_waiting = len(sched.waiting)
 
-    def _step(self) -> None:
+    def _step(self):
         engine = self.engine
-        engine.clock = max(engine.clock, self.now())  # idle time passes on the engine's clock too
+        if self._idle:  # idle time passes on the engine's clock too; a busy engine keeps its own
+            engine.clock = max(engine.clock, self.now())
+            self._idle = False
         record = engine.step()
         engine.steps.clear()  # a server runs for days: keep no per-step history
         if self.pace:
@@ -154,6 +176,7 @@ class AsyncEngine:
             if group.request_id not in finished:
                 self._publish(group, finished=False)
         self._snapshot()
+        return record
 
     def _publish(self, group: SequenceGroup, finished: bool) -> None:
         callback = self._callbacks.get(group.request_id)
@@ -172,7 +195,7 @@ class AsyncEngine:
         if new or finished:
             callback(Update(group, new, finished))
 
-    def _snapshot(self) -> None:
+    def _snapshot(self, step: bool = True) -> None:
         sched = self.engine.scheduler
         mem = sched.memory
         s = self.snapshot
@@ -180,7 +203,7 @@ class AsyncEngine:
         s.num_waiting = len(sched.waiting)
         s.num_swapped = len(sched.swapped)
         s.num_preemptions = sched.num_preemptions
-        s.num_steps += 1
+        s.num_steps += step
         usage = mem.usage(sched.running)
         total = max(usage.total, 1)
         s.cache_usage = 1.0 - usage.free / total

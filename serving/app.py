@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from paged.async_engine import AsyncEngine, QueueFull, Update
+from paged.async_engine import AsyncEngine, EngineStopped, QueueFull, Update
 from paged.sampling_params import SamplingParams
 from paged.sequence import SequenceGroup, SequenceStatus
 from serving.backend import Backend
@@ -45,6 +45,7 @@ class Generation:
         self.group = SequenceGroup(f"{next(_ids)}", prompt, params, 0.0, eos_token_id=b.eos_token_id)
         self.text = [""] * params.n
         self.finish_reason: list[str | None] = [None] * params.n
+        self.stop_tokens: list[int | None] = [None] * params.n  # tokens up to the stop string
         self.first_token_time: float | None = None
         self.done = False
         self.start = time.monotonic()
@@ -56,6 +57,8 @@ class Generation:
             )
         except QueueFull as e:
             raise APIError(f"server overloaded: {e}; retry later", 503) from None
+        except EngineStopped as e:
+            raise APIError(f"{e}: the server is shutting down or failed (see /health)", 503) from None
 
     def abort(self) -> None:
         if not self.done:
@@ -94,9 +97,13 @@ class Generation:
         cuts = [c for c in (full.find(s) for s in self.stop) if c >= 0]
         if cuts:
             self.finish_reason[i] = "stop"
+            self.stop_tokens[i] = len(tokens)
             end = min(cuts)
         else:
             end = len(full) if final else max(sent, len(full) - hold)
+            if not final:  # an incomplete UTF-8 character decodes as U+FFFD until its last byte comes
+                while end > sent and full[end - 1] == "\ufffd":
+                    end -= 1
         delta = full[sent:end]
         self.text[i] += delta
         return delta
@@ -106,8 +113,10 @@ class Generation:
             raise APIError(group.reject_reason, 400)
         for i, seq in enumerate(group.seqs[: len(self.text)]):
             if self.finish_reason[i] is None:
-                stopped = seq.status is SequenceStatus.FINISHED_STOPPED
-                self.finish_reason[i] = "stop" if stopped else "length"
+                self.finish_reason[i] = {
+                    SequenceStatus.FINISHED_STOPPED: "stop",
+                    SequenceStatus.FINISHED_ABORTED: "abort",  # the server stopped under it
+                }.get(seq.status, "length")
             if group.sampling_params.use_beam_search:  # beams are only final at the end
                 self.text[i] = self.state.backend.tokenizer.decode(seq.output_token_ids)
         self.state.metrics.finished(self, group)
@@ -118,7 +127,12 @@ class Generation:
 
     @property
     def num_output_tokens(self) -> int:
-        return sum(s.num_output_tokens for s in self.group.seqs)
+        """Generated tokens, each sequence counted up to its stop string (it may run on a step or two
+        until the abort lands)."""
+        return sum(
+            s.num_output_tokens if cut is None else min(cut, s.num_output_tokens)
+            for s, cut in zip(self.group.seqs, self.stop_tokens)
+        )
 
 
 def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
@@ -246,6 +260,8 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                     await merged.put((k, g, item))
             except APIError as e:
                 await merged.put((k, g, e))
+            except Exception as e:  # anything else ends this generation's part of the stream too
+                await merged.put((k, g, APIError(f"internal error: {e!r}", 500)))
 
         tasks = [asyncio.ensure_future(pump(k, g)) for k, g in enumerate(gens)]
         try:
@@ -298,8 +314,15 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI API's default
         params = [params_for(req, len(x), max_tokens) for x in prompts]
         gens = [Generation(app.state, x, sp, req.stop_strings) for x, sp in zip(prompts, params)]
-        for g in gens:
-            g.submit()
+        submitted = []
+        try:
+            for g in gens:
+                g.submit()
+                submitted.append(g)
+        except APIError:
+            for g in submitted:  # all of the request or none of it
+                g.abort()
+            raise
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         n = req.n
 

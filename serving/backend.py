@@ -123,6 +123,7 @@ def _sim_backend(
 ) -> Backend:
     from harness.server import ServerConfig
     from harness.simulate import SimConfig, build
+    from paged.presets import load_model
 
     server = ServerConfig(block_size=block_size, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
     cfg = SimConfig(
@@ -144,7 +145,7 @@ def _sim_backend(
         num_gpu_blocks=cap.num_gpu_blocks,
         block_size=block_size,
         eos_token_id=None,
-        vocab_size=engine.executor.vocab_size,
+        vocab_size=load_model(model).vocab_size,
         pace=True,
         description=f"{name} simulated on {hardware} (cost model, random tokens), {system}",
     )

@@ -78,8 +78,7 @@ class Metrics:
         """A request finished (gen: serving.app.Generation)."""
         now = time.monotonic()
         self.prompt_tokens.inc(group.num_prompt_tokens)
-        out = sum(s.num_output_tokens for s in group.seqs)
-        self.generation_tokens.inc(out)
+        self.generation_tokens.inc(gen.num_output_tokens)
         self.e2e.observe(now - gen.start)
         if gen.first_token_time is not None:
             self.ttft.observe(gen.first_token_time - gen.start)
@@ -87,7 +86,7 @@ class Metrics:
             if longest > 1:
                 self.tpot.observe((now - gen.first_token_time) / (longest - 1))
         for reason in gen.finish_reason:
-            self.requests.labels(reason or "abort").inc()
+            self.requests.labels(reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

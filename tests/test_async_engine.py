@@ -8,7 +8,7 @@ import time
 import pytest
 
 from paged import BlockManager, CacheConfig, Engine, NullExecutor, SamplingParams, Scheduler, SchedulerConfig
-from paged.async_engine import AsyncEngine, QueueFull
+from paged.async_engine import AsyncEngine, EngineStopped, QueueFull
 from paged.sequence import SequenceGroup, SequenceStatus
 
 
@@ -114,3 +114,5 @@ def test_stop_aborts_what_is_in_flight():
     assert c.all_done.wait(5) and not loop.alive
     assert all(s.status is SequenceStatus.FINISHED_ABORTED for g in c.done.values() for s in g.seqs)
     assert manager.gpu.num_free == manager.gpu.num_blocks
+    with pytest.raises(EngineStopped):  # nothing is queued where no thread will read it
+        loop.add(SequenceGroup("late", [1], SamplingParams(max_tokens=1), 0.0), lambda u: None)
