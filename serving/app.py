@@ -92,7 +92,7 @@ class Generation:
 
     def _advance(self, i: int, tokens: list[int], hold: int, final: bool) -> str:
         """Sequence i's new text to send, given all its tokens so far."""
-        full = self.state.backend.tokenizer.decode(tokens)
+        full = self.state.backend.decode(tokens)
         sent = len(self.text[i])
         cuts = [c for c in (full.find(s) for s in self.stop) if c >= 0]
         if cuts:
@@ -118,7 +118,7 @@ class Generation:
                     SequenceStatus.FINISHED_ABORTED: "abort",  # the server stopped under it
                 }.get(seq.status, "length")
             if group.sampling_params.use_beam_search:  # beams are only final at the end
-                self.text[i] = self.state.backend.tokenizer.decode(seq.output_token_ids)
+                self.text[i] = self.state.backend.decode(seq.output_token_ids)
         self.state.metrics.finished(self, group)
 
     @property
@@ -442,7 +442,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
     async def detokenize(req: DetokenizeRequest):
         if req.model is not None:
             check_model(req.model)
-        return {"prompt": backend.tokenizer.decode(check_ids(req.tokens))}
+        return {"prompt": backend.decode(check_ids(req.tokens))}
 
     @app.get("/metrics")
     async def metrics():

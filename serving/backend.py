@@ -39,13 +39,19 @@ class Backend:
     pace: bool  # a simulated executor: pace its steps in wall time
     description: str
 
+    def decode(self, ids: list[int]) -> str:
+        """Generated text, special tokens (EOS, chat markers) left out, as vLLM's server does."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return self.tokenizer.decode(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """The tokenizer's chat template (with the assistant's turn opened), or for a tokenizer without
         one, "role: content" lines and "assistant:"."""
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return tok.encode(text, add_special_tokens=False)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return tok.encode(text)
 

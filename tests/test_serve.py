@@ -300,7 +300,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         t.join(60)
         assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 40
-        assert proc.wait(60) == 0
+        # uvicorn re-raises the signal after its graceful shutdown, so the status is SIGTERM's, as
+        # for any well-behaved daemon; the shutdown itself ran to the end.
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in proc.stdout.read()
         with pytest.raises(httpx.HTTPError):  # no longer accepting
             httpx.get(f"{url}/health", timeout=1)
     finally:
