@@ -1,0 +1,215 @@
+"""Online serving, side by side: `vllm bench serve` (vLLM's own client, unmodified) against pagelab's
+server and against vLLM's CPU server, the same checkpoint, the same prompts, at several request rates.
+
+    python benchmarks/bench_serving.py --output results/bench/serving_smollm2.json
+    python benchmarks/bench_serving.py --rates 0.5 1 2 --num-prompts 40 --input-len 128 --output-len 64
+
+Each server runs alone, one after the other, with both cores; the client (`vllm bench serve`, from
+the vLLM CPU virtual environment of benchmarks/README.md) sends `--num-prompts` requests of the
+`random` dataset (input and output lengths fixed, `--ignore-eos`) at each Poisson rate. The JSON holds,
+per server and rate, vLLM's own result fields (request_throughput, output_throughput, mean / median /
+p99 TTFT, TPOT and ITL in ms) and the machine; it is rewritten after every run (atomically), so an
+interrupted benchmark keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.results import atomic_write  # noqa: E402
+
+FIELDS = [
+    "completed",
+    "request_throughput",
+    "output_throughput",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "median_tpot_ms",
+    "p99_tpot_ms",
+    "mean_itl_ms",
+    "median_itl_ms",
+    "p99_itl_ms",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the server at {url} did not become healthy in {timeout:.0f} s")
+
+
+def start_server(kind: str, model_dir: str, name: str, port: int, args) -> subprocess.Popen:
+    env = dict(os.environ)
+    if kind == "pagelab":
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving",
+            model_dir,
+            "--port",
+            str(port),
+            "--dtype",
+            args.dtype,
+            "--kv-cache-gib",
+            str(args.kv_cache_gib),
+            "--max-model-len",
+            str(args.max_model_len),
+            "--served-model-name",
+            name,
+        ]
+    else:
+        vllm = str(Path(args.vllm_python).with_name("vllm"))
+        cmd = [
+            vllm,
+            "serve",
+            model_dir,
+            "--port",
+            str(port),
+            "--dtype",
+            args.dtype,
+            "--served-model-name",
+            name,
+            "--max-model-len",
+            str(args.max_model_len),
+        ]
+        env.update(
+            VLLM_CPU_OMP_THREADS_BIND="0-1",
+            VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+            VLLM_CPU_KVCACHE_SPACE=str(int(args.kv_cache_gib)),
+        )
+    log = open(Path(tempfile.gettempdir()) / f"bench_serving_{kind}.log", "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def run_client(url: str, name: str, model_dir: str, rate: float, args) -> dict:
+    vllm = str(Path(args.vllm_python).with_name("vllm"))
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [
+            vllm,
+            "bench",
+            "serve",
+            "--backend",
+            "vllm",
+            "--base-url",
+            url,
+            "--model",
+            name,
+            "--tokenizer",
+            model_dir,
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(args.input_len),
+            "--random-output-len",
+            str(args.output_len),
+            "--num-prompts",
+            str(args.num_prompts),
+            "--request-rate",
+            str(rate),
+            "--ignore-eos",
+            "--seed",
+            str(args.seed),
+            "--save-result",
+            "--result-dir",
+            d,
+            "--result-filename",
+            "r.json",
+        ]
+        subprocess.run(cmd, check=True, cwd=d)
+        result = json.loads((Path(d) / "r.json").read_text())
+    return {k: result.get(k) for k in FIELDS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a checkpoint directory")
+    ap.add_argument("--servers", nargs="+", default=["pagelab", "vllm"], choices=["pagelab", "vllm"])
+    ap.add_argument("--rates", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    ap.add_argument("--num-prompts", type=int, default=40)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--kv-cache-gib", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", "/tmp/vllm-venv/bin/python"))
+    ap.add_argument("--output", help="write the results as JSON here")
+    args = ap.parse_args()
+    if not Path(args.vllm_python).with_name("vllm").exists():
+        sys.exit(
+            f"error: no vLLM at {args.vllm_python}: set it up as benchmarks/README.md says (--vllm-python)"
+        )
+    model_dir = args.model
+    if args.model == "smollm2-135m":
+        from paged.checkpoints import smollm2_135m
+
+        model_dir = str(smollm2_135m())
+    name = Path(args.model).name
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    out = {
+        "args": vars(args),
+        "machine": f"{cpu}, {os.cpu_count()} CPUs",
+        "model_dir": model_dir,
+        "results": [],
+    }
+    for kind in args.servers:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(kind, model_dir, name, port, args)
+        try:
+            wait_healthy(url, proc)
+            for rate in args.rates:
+                print(f"== {kind} at {rate:g} req/s", flush=True)
+                row = {"server": kind, "request_rate": rate, **run_client(url, name, model_dir, rate, args)}
+                out["results"].append(row)
+                print(json.dumps(row), flush=True)
+                if args.output:
+                    atomic_write(args.output, json.dumps(out, indent=2) + "\n")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(json.dumps(out["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
