@@ -24,7 +24,9 @@ import time
 import traceback
 from pathlib import Path
 
+from harness.experiment import ExperimentError
 from harness.results import write_csv
+from harness.workload import WorkloadError
 from paper_figs.core import COMPARE_COLUMNS, TIERS, Session, compare
 from paper_figs.report import screenshot, write_report
 
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         t0, error = time.perf_counter(), None
         try:
             values = module.make(session)
+        except (ExperimentError, WorkloadError, FileNotFoundError) as e:  # bad settings or missing data
+            error, values = f"error: {e}", {}
+            print(error, file=sys.stderr)
         except Exception:  # one figure failing must not lose the others
             error, values = traceback.format_exc(), {}
             print(error, file=sys.stderr)
