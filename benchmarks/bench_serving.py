@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -189,19 +188,17 @@ def main() -> None:
 
         model_dir = str(smollm2_135m())
     name = Path(args.model).name
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    from paged.cpu_features import describe
+
+    cpu = describe()  # the CPU model and its vector flags (AVX2 only vs AVX-512 BF16 decides the dtype)
     out = {
         "args": vars(args),
-        "machine": f"{cpu}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu['cpu']}, {os.cpu_count()} CPUs",
+        "cpu": cpu,
         "model_dir": model_dir,
         "results": [],
     }
+    print(f"{out['machine']}; vector flags: {' '.join(cpu['vector_flags'])}", flush=True)
     for kind in args.servers:
         port = free_port()
         url = f"http://127.0.0.1:{port}"

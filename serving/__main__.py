@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--dtype",
         default="auto",
-        help="real backend: auto (fp16 on a GPU, fp32 on a CPU), float32, bfloat16, float16",
+        help="real backend: auto (fp16 on a GPU; on a CPU bf16 where native, else fp32), float32, bfloat16",
     )
     ap.add_argument("--max-waiting", type=int, default=1024, help="waiting requests beyond this get 503")
     ap.add_argument("--served-model-name", default=None)

@@ -94,10 +94,12 @@ def load_backend(
     from paged.real_executor import RealExecutor
 
     path = resolve_model(model)
-    if dtype == "auto":  # fp16 on a GPU; fp32 on a CPU, the fast dtype where bf16 is emulated (AVX2)
+    if dtype == "auto":  # fp16 on a GPU; on a CPU bf16 only where it is native (paged/cpu_features.py)
         import torch
 
-        dtype = "float16" if torch.cuda.is_available() else "float32"
+        from paged.cpu_features import default_cpu_dtype
+
+        dtype = "float16" if torch.cuda.is_available() else default_cpu_dtype()
     llm = LLM(
         model=path,
         dtype=dtype,
