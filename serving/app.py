@@ -245,6 +245,21 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
         c = sum(g.num_output_tokens for g in gens)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
+    def envelope(rid: str, created: int, obj: str, choices: list, **extra) -> dict:
+        """A response or stream chunk of either API."""
+        return {"id": rid, "object": obj, "created": created, "model": backend.model_name, "choices": choices,
+                **extra}  # fmt: skip
+
+    def chunker(rid: str, created: int, obj: str, key: str):
+        """chunk(index, content, finish_reason) for a stream: key "text" (completions) or "delta"
+        (chat); index None gives a chunk without choices (the usage chunk's base)."""
+
+        def chunk(index, content, finish):
+            choice = {"index": index, key: content, "logprobs": None, "finish_reason": finish}
+            return envelope(rid, created, obj, [] if index is None else [choice])
+
+        return chunk
+
     def sse(payload: dict | str) -> str:
         return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -326,19 +341,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         n = req.n
 
-        def chunk(index, text, finish):
-            choices = (
-                []
-                if index is None
-                else [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]
-            )
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": backend.model_name,
-                "choices": choices,
-            }
+        chunk = chunker(rid, created, "text_completion", "text")
 
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
@@ -351,14 +354,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
             for k, g in enumerate(gens)
             for i in range(n)
         ]
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": backend.model_name,
-            "choices": choices,
-            "usage": usage(gens),
-        }
+        return envelope(rid, created, "text_completion", choices, usage=usage(gens))
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
@@ -369,19 +365,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
         gen.submit()
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(index, delta, finish):
-            choices = (
-                []
-                if index is None
-                else [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
-            )
-            return {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": backend.model_name,
-                "choices": choices,
-            }
+        chunk = chunker(rid, created, "chat.completion.chunk", "delta")
 
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
@@ -398,14 +382,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
             }
             for i in range(req.n)
         ]
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": backend.model_name,
-            "choices": choices,
-            "usage": usage([gen]),
-        }
+        return envelope(rid, created, "chat.completion", choices, usage=usage([gen]))
 
     @app.get("/v1/models")
     async def models():
