@@ -370,3 +370,35 @@ def latency_panel(ax, run: Run, systems: list[str], title: str, ymax: float = 1.
 def figure_note(fig, text: str) -> None:
     """A line under the figure saying what it is (the tier, the machine for measurements)."""
     fig.text(0.01, -0.02, text, fontsize=7, color="#555555", ha="left", va="top")
+
+
+def latency_grid(s: Session, panels: list[tuple], systems: list[str], name: str) -> dict[str, float]:
+    """The paper's 2 x 3 grid of latency panels (Figures 12 and 14): panels are (letter, preset, title,
+    the paper's x limit). Saves the figure as `name`; returns each panel's capacity per system
+    ("a/capacity/vllm") and vLLM's over each other system ("a/ratio/vllm:orca_oracle")."""
+    values = {}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (panel, exp, title, xmax) in zip(axes.flat, panels):
+        run = s.run(exp)
+        knees = {sys: s.ref(f"{panel}/capacity/{sys}") for sys in systems}
+        latency_panel(ax, run, systems, title, knees=knees, xmax=max(xmax, run.points.request_rate.max()))
+        for sys in systems:
+            values[f"{panel}/capacity/{sys}"] = run.cap(sys)
+            if sys != "vllm":
+                values[f"{panel}/ratio/vllm:{sys}"] = ratio(run.cap("vllm"), run.cap(sys))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Normalized latency (s/token)")
+    for ax in axes[1]:
+        ax.set_xlabel("Request rate (req/s)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="upper center", ncol=len(systems), frameon=False, bbox_to_anchor=(0.5, 1.03)
+    )
+    figure_note(
+        fig,
+        f"pagelab simulator, {s.tier.name} tier; stars: the paper's eye-read knees; "
+        "hollow markers: points above the paper's 1.0 s/token limit",
+    )
+    fig.tight_layout()
+    s.save(fig, name)
+    return values
