@@ -68,11 +68,7 @@ def make(s):
     ax.set_ylabel("Normalized latency (s/token)")
     ax.set_title("(b) end-to-end latency with different block sizes", fontsize=9)
     ax.legend(fontsize=7)
-    figure_note(
-        fig,
-        "(a) left: the simulator's cost model, stars the paper's eye-read values; middle: measured here; "
-        f"(b) pagelab simulator, {s.tier.name} tier",
-    )
+    figure_note(fig, micro.note(s.tier.name))
     fig.tight_layout()
     s.save(fig, "fig18")
     return values

@@ -74,11 +74,7 @@ def make(s):
     rate = float(run.points["request_rate"].max())
     ax.set_title(f"(b) end-to-end, ShareGPT {rate:g} req/s", fontsize=9)
     ax.legend(fontsize=7)
-    figure_note(
-        fig,
-        "(a) left: the simulator's cost model, stars the paper's eye-read values; middle: measured here; "
-        f"(b) pagelab simulator, {s.tier.name} tier",
-    )
+    figure_note(fig, micro.note(s.tier.name))
     fig.tight_layout()
     s.save(fig, "fig19")
     return values

@@ -16,11 +16,10 @@ the simulator's prediction of the same quantities on the paper's A100.
 
 from __future__ import annotations
 
-import platform
-
 import torch
 
 from harness.calib.timing import median_s
+from paged.cpu_features import cpu_model
 
 BLOCK_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -28,13 +27,7 @@ BLOCK_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def _kv(batch: int, ctx: int, block_size: int, heads: int, head_dim: int, dtype, device):
@@ -147,3 +140,11 @@ def swap_recompute_prediction(tokens: int = 256) -> list[dict]:
         rows.append({"block_size": bs, "swap_out_ms": one_way, "swap_in_ms": one_way,
                      "swap_in_out_ms": 2 * one_way, "recompute_ms": recompute})  # fmt: skip
     return rows
+
+
+def note(tier: str) -> str:
+    """The line under Figures 18 and 19: which panel is predicted, measured, simulated."""
+    return (
+        "(a) left: the simulator's cost model, stars the paper's eye-read values; middle: measured here; "
+        f"(b) pagelab simulator, {tier} tier"
+    )
