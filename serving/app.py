@@ -43,7 +43,9 @@ class Generation:
         self.stop = stop
         b = app_state.backend
         self.group = SequenceGroup(f"{next(_ids)}", prompt, params, 0.0, eos_token_id=b.eos_token_id)
-        self.text = [""] * params.n
+        self.text = [""] * params.n  # text sent, per sequence
+        self.decoded = [""] * params.n  # text decoded so far (sent + held back)
+        self.offsets = [(0, 0)] * params.n  # incremental detokenization: (prefix, read) token offsets
         self.finish_reason: list[str | None] = [None] * params.n
         self.stop_tokens: list[int | None] = [None] * params.n  # tokens up to the stop string
         self.first_token_time: float | None = None
@@ -90,20 +92,35 @@ class Generation:
                 self.state.engine.abort(self.group.request_id)  # every sequence hit a stop string
         yield None
 
+    def _detokenize(self, i: int, tokens: list[int], final: bool) -> str:
+        """Sequence i's text for its newest tokens, decoding only a few tokens per update (vLLM's
+        incremental detokenizer): the tokens from `prefix` to `read` decoded already; their text and
+        that of the tokens from `prefix` on differ by the new text. A tokenizer that merges across
+        tokens (leading spaces, multi-byte characters) sees the same context both times; text that
+        ends in an incomplete character (U+FFFD) waits for its last byte, unless the sequence ended."""
+        prefix, read = self.offsets[i]
+        decode = self.state.backend.decode
+        before = decode(tokens[prefix:read])
+        after = decode(tokens[prefix:])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self.offsets[i] = (read, len(tokens))
+        return after[len(before) :]
+
     def _advance(self, i: int, tokens: list[int], hold: int, final: bool) -> str:
-        """Sequence i's new text to send, given all its tokens so far."""
-        full = self.state.backend.decode(tokens)
-        sent = len(self.text[i])
-        cuts = [c for c in (full.find(s) for s in self.stop) if c >= 0]
+        """Sequence i's new text to send, given all its tokens so far: up to a stop string if one
+        appeared, else all but the last `hold` characters (which could begin one) unless final."""
+        sent, old = len(self.text[i]), len(self.decoded[i])
+        self.decoded[i] += self._detokenize(i, tokens, final)
+        full = self.decoded[i]
+        # Only the new text, and the few characters before it that a stop string could span, are new.
+        cuts = [c for c in (full.find(s, max(0, old - len(s) + 1)) for s in self.stop) if c >= 0]
         if cuts:
             self.finish_reason[i] = "stop"
             self.stop_tokens[i] = len(tokens)
             end = min(cuts)
         else:
             end = len(full) if final else max(sent, len(full) - hold)
-            if not final:  # an incomplete UTF-8 character decodes as U+FFFD until its last byte comes
-                while end > sent and full[end - 1] == "\ufffd":
-                    end -= 1
         delta = full[sent:end]
         self.text[i] += delta
         return delta
@@ -117,8 +134,6 @@ class Generation:
                     SequenceStatus.FINISHED_STOPPED: "stop",
                     SequenceStatus.FINISHED_ABORTED: "abort",  # the server stopped under it
                 }.get(seq.status, "length")
-            if group.sampling_params.use_beam_search:  # beams are only final at the end
-                self.text[i] = self.state.backend.decode(seq.output_token_ids)
         self.state.metrics.finished(self, group)
 
     @property

@@ -233,7 +233,7 @@ def test_health_tokenize_detokenize(sim):
 def test_sim_ttft_and_tpot_follow_the_cost_model():
     """One request alone on a simulated OPT-13B: its time to first token, less the HTTP round trip
     measured the same way, is the prompt step's predicted time, and each further token one decode
-    step's, within 10% (the best of three tries: these machines are shared)."""
+    step.s, within 10% (the best of five tries: these machines are shared)."""
     backend = load_backend("opt-13b", backend="sim", hardware="a100-40gb", max_model_len=2048)
     cm = backend.engine.executor.cost_model
     prompt, n = list(range(1, 801)), 30
@@ -243,7 +243,7 @@ def test_sim_ttft_and_tpot_follow_the_cost_model():
         c = s.client()
         rtt = min(_timed(lambda: c.models.list()) for _ in range(5))
         tries = []
-        for _ in range(3):
+        for _ in range(5):
             t0, times = time.monotonic(), []
             for chunk in c.completions.create(model="opt-13b", prompt=prompt, max_tokens=n, stream=True):
                 if chunk.choices and chunk.choices[0].text:
@@ -345,3 +345,42 @@ def test_smollm2_answers_in_english_through_the_openai_client():
         assert (
             sum(w.strip(".,:;") in {"a", "the", "and", "to", "of", "your", "water", "is"} for w in words) >= 2
         )
+
+
+def test_incremental_detokenization_gives_the_whole_text():
+    """Token by token, the deltas add up to decoding everything at once, also for characters split
+    over several tokens and words with leading spaces (SmolLM2's byte-level BPE), and stop strings
+    are found across token boundaries."""
+    from types import SimpleNamespace
+
+    from paged.checkpoints import CheckpointUnavailable, smollm2_135m
+    from serving.app import Generation
+    from serving.backend import Backend
+
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(smollm2_135m())
+    except CheckpointUnavailable as e:
+        pytest.skip(f"SmolLM2-135M unavailable: {e}")
+    text = "Grüße aus Köln: 東京 🚀🚀 and  two  spaces, then STOP here."
+    ids = tok.encode(text, add_special_tokens=False)
+    backend = Backend(None, tok, "m", 512, 64, 16, None, 50000, False, "test")
+    state = SimpleNamespace(backend=backend)
+
+    async def main():
+        from paged.sampling_params import SamplingParams
+
+        g = Generation(state, [1], SamplingParams(max_tokens=8), [])
+        pieces = [g._advance(0, ids[:k], hold=0, final=k == len(ids)) for k in range(1, len(ids) + 1)]
+        s = Generation(state, [1], SamplingParams(max_tokens=8), ["STOP"])
+        stopped = ""
+        for k in range(1, len(ids) + 1):
+            if s.finish_reason[0] is None:  # as updates() does: a stopped sequence gets no more text
+                stopped += s._advance(0, ids[:k], hold=3, final=False)
+        return pieces, stopped, s.finish_reason[0]
+
+    pieces, stopped, reason = asyncio.run(main())
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert all("\ufffd" not in p for p in pieces)
+    assert stopped == text[: text.index("STOP")] and reason == "stop"
