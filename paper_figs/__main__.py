@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"   {n_ok} of {len(cmp)} quantities within tolerance, {results[-1]['wall_s']:.0f} s", flush=True
         )
-    wall = time.perf_counter() - t_all
-    write_csv(out / "compare.csv", [_fmt(r) for r in rows], COMPARE_COLUMNS)
-    index = write_report(out, results, tier.name, wall)
+        # After every figure: an interrupted run keeps the compare table and report of those done.
+        wall = time.perf_counter() - t_all
+        write_csv(out / "compare.csv", [_fmt(r) for r in rows], COMPARE_COLUMNS)
+        index = write_report(out, results, tier.name, wall)
     link = base / f".latest.{os.getpid()}.tmp"
     link.symlink_to(out.name)
     os.replace(link, base / "latest")
