@@ -36,6 +36,8 @@ class CompletionOutput:
     token_ids: list[int]
     text: str | None
     cumulative_logprob: float
+    # SamplingParams.logprobs: per output token {token id: logprob}, the sampled token and the top k
+    logprobs: list[dict[int, float]] | None = None
 
 
 @dataclass
@@ -201,6 +203,7 @@ class LLM:
                     s.output_token_ids,
                     self.tokenizer.decode(s.output_token_ids) if self.tokenizer else None,
                     s.cumulative_logprob,
+                    s.output_logprobs,
                 )
                 for i, s in enumerate(seqs)
             ]

@@ -31,6 +31,31 @@ def greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
     return tokens.tolist(), lp.tolist()
 
 
+def attach_logprobs(logits, groups, rows, outputs, logprobs=None) -> None:
+    """Each sample of a group that asks for logprobs (SamplingParams.logprobs = k) gets `top`: the k
+    most likely tokens at its position and the sampled token itself, with their log-probabilities
+    under the model's distribution (vLLM's default, before temperature / top-k / top-p). The sampled
+    token's value is the sample's own, so `top` agrees with cumulative_logprob."""
+    wanted = [i for i, g in enumerate(groups) if g.sampling_params.logprobs is not None]
+    row_of = [{s.seq_id: r for s, r in rows[i]} for i in wanted]
+    index = sorted({r for m in row_of for r in m.values()})
+    if logprobs is None:
+        full = torch.log_softmax(logits[index].float(), dim=-1)
+    else:
+        full = logprobs[index]
+    position = {r: p for p, r in enumerate(index)}
+    k_max = max(groups[i].sampling_params.logprobs for i in wanted)
+    top_values, top_ids = torch.topk(full, k_max, dim=-1) if k_max else (full[:, :0], full[:, :0].long())
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    for i, rows_i in zip(wanted, row_of):
+        k = groups[i].sampling_params.logprobs
+        for sample in outputs[i]:
+            p = position[rows_i[sample.parent_seq_id]]
+            top = dict(zip(top_ids[p][:k], top_values[p][:k]))
+            top[sample.token_id] = sample.logprob
+            sample.top = top
+
+
 class Sampler:
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -62,6 +87,8 @@ class Sampler:
                 outputs.append(
                     [Sample(s.seq_id, *self._sample_row(logits[r], params, gen)) for s, r in entries]
                 )
+        if any(g.sampling_params.logprobs is not None for g in groups):
+            attach_logprobs(logits, groups, rows, outputs, logprobs)
         return outputs
 
     def _generator(self, group: SequenceGroup) -> torch.Generator:

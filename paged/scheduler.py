@@ -513,7 +513,7 @@ class Scheduler:
         if len(seqs) == 1 and len(samples) == 1:
             seq = seqs[0]
             if seq.status is _RUNNING and samples[0].parent_seq_id == seq.seq_id:
-                seq.append_token(samples[0].token_id, samples[0].logprob, now)
+                seq.append_token(samples[0].token_id, samples[0].logprob, now, samples[0].top)
                 if self._check_stop(group, seq):
                     return True
                 return False
@@ -533,11 +533,11 @@ class Scheduler:
                 continue
             for sample in children[:-1]:
                 child = parent.fork(next_seq_id())
-                child.append_token(sample.token_id, sample.logprob, now)
+                child.append_token(sample.token_id, sample.logprob, now, sample.top)
                 self._pending_copies.extend(self.memory.fork(parent, child))
                 seqs.append(child)
                 grown.append(child)
-            parent.append_token(children[-1].token_id, children[-1].logprob, now)
+            parent.append_token(children[-1].token_id, children[-1].logprob, now, children[-1].top)
             grown.append(parent)
         for seq in grown:
             self._check_stop(group, seq)

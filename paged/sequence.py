@@ -49,6 +49,7 @@ class Sequence:
         "num_computed_tokens",
         "cumulative_logprob",
         "token_times",
+        "output_logprobs",
     )
 
     def __init__(self, seq_id: int, prompt_token_ids: list[int]) -> None:
@@ -59,6 +60,9 @@ class Sequence:
         self.num_computed_tokens = 0
         self.cumulative_logprob = 0.0
         self.token_times: list[float] = []  # when each output token was produced
+        # With SamplingParams.logprobs: per output token, {token id: logprob} of the sampled token and
+        # the most likely ones (the sampler's Sample.top); else None.
+        self.output_logprobs: list[dict[int, float]] | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -81,7 +85,11 @@ class Sequence:
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
-    def append_token(self, token_id: int, logprob: float, now: float) -> None:
+    def append_token(self, token_id: int, logprob: float, now: float, top: dict | None = None) -> None:
+        if top is not None:  # before the token: a reader on another thread that sees it sees this
+            if self.output_logprobs is None:
+                self.output_logprobs = []
+            self.output_logprobs.append(top)
         self.token_ids.append(token_id)
         self.cumulative_logprob += logprob
         self.token_times.append(now)
@@ -95,6 +103,8 @@ class Sequence:
         child.num_computed_tokens = self.num_computed_tokens
         child.cumulative_logprob = self.cumulative_logprob
         child.token_times = list(self.token_times)
+        if self.output_logprobs is not None:
+            child.output_logprobs = list(self.output_logprobs)
         return child
 
 

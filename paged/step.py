@@ -75,6 +75,7 @@ class Sample:
     parent_seq_id: int
     token_id: int
     logprob: float = 0.0
+    top: dict[int, float] | None = None  # asked for (SamplingParams.logprobs): the top tokens' logprobs
 
 
 @dataclass

@@ -48,6 +48,9 @@ class Generation:
         self.offsets = [(0, 0)] * params.n  # incremental detokenization: (prefix, read) token offsets
         self.finish_reason: list[str | None] = [None] * params.n
         self.stop_tokens: list[int | None] = [None] * params.n  # tokens up to the stop string
+        # SamplingParams.logprobs: per sequence, the (token, {token: logprob}) pairs sent so far
+        self.sent_logprobs: list[list[tuple[int, dict]]] = [[] for _ in range(params.n)]
+        self.text_offset = [0] * params.n  # completions' text_offset of the next token's text
         self.first_token_time: float | None = None
         self.done = False
         self.start = time.monotonic()
@@ -67,9 +70,11 @@ class Generation:
             self.state.engine.abort(self.group.request_id)
 
     async def updates(self):
-        """(index, text delta) pairs as tokens arrive, then None when finished. A stop string ends its
-        sequence's text before it (and, once every sequence has ended, the request); text that could
-        still begin a stop string is held back until it cannot, or the sequence ends."""
+        """(index, text delta, logprobs) as tokens arrive, then None when finished. A stop string ends
+        its sequence's text before it (and, once every sequence has ended, the request); text that
+        could still begin a stop string is held back until it cannot, or the sequence ends. logprobs:
+        the (token, top) pairs of the tokens since the last delta (None when not asked for): tokens
+        whose text is held back send theirs with the next delta."""
         hold = max((len(s) for s in self.stop), default=1) - 1
         while not self.done:
             update = await self.queue.get()
@@ -77,20 +82,37 @@ class Generation:
                 self.first_token_time = time.monotonic()
             for i in update.new_tokens:
                 if self.finish_reason[i] is None:
-                    delta = self._advance(i, update.group.seqs[i].output_token_ids, hold, final=False)
+                    seq = update.group.seqs[i]
+                    delta = self._advance(i, seq.output_token_ids, hold, final=False)
                     if delta:
-                        yield i, delta
+                        yield i, delta, self._new_logprobs(i, seq)
             if update.finished:
                 self.done = True
                 for i, seq in enumerate(update.group.seqs[: len(self.text)]):  # flush what was held back
+                    delta = ""
                     if self.finish_reason[i] is None:
                         delta = self._advance(i, seq.output_token_ids, hold, final=True)
-                        if delta:
-                            yield i, delta
+                    logprobs = self._new_logprobs(i, seq)
+                    if delta or logprobs:
+                        yield i, delta, logprobs
                 self._finish(update.group)
             elif self.stop and all(r is not None for r in self.finish_reason):
                 self.state.engine.abort(self.group.request_id)  # every sequence hit a stop string
         yield None
+
+    def _new_logprobs(self, i: int, seq) -> list[tuple[int, dict]] | None:
+        """Sequence i's (token, {token: logprob}) pairs not sent yet, up to its stop string's token."""
+        if self.group.sampling_params.logprobs is None:
+            return None
+        kept = seq.output_logprobs or []  # the engine thread appends a token's entry before the token
+        tokens = seq.output_token_ids
+        end = min(len(kept), len(tokens))
+        if self.stop_tokens[i] is not None:
+            end = min(end, self.stop_tokens[i])
+        sent = self.sent_logprobs[i]
+        new = [(tokens[j], kept[j]) for j in range(len(sent), end)]
+        sent += new
+        return new
 
     def _detokenize(self, i: int, tokens: list[int], final: bool) -> str:
         """Sequence i's text for its newest tokens, decoding only a few tokens per update (vLLM's
@@ -203,6 +225,14 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                 400,
                 "max_tokens",
             )
+        logprobs = req.num_logprobs
+        if logprobs is not None and backend.pace:
+            raise APIError(
+                "logprobs: the simulated backend draws tokens at random and has no model probabilities; "
+                "serve with --backend real for logprobs",
+                400,
+                "logprobs",
+            )
         need = req.n * -(-(prompt_len + max_tokens) // backend.block_size)
         if need > backend.num_gpu_blocks:
             raise APIError(
@@ -221,6 +251,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                 top_k=req.top_k,
                 seed=req.seed,
                 ignore_eos=req.ignore_eos,
+                logprobs=logprobs,
             )
         except ValueError as e:
             raise APIError(str(e), 400) from None
@@ -266,14 +297,46 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                 **extra}  # fmt: skip
 
     def chunker(rid: str, created: int, obj: str, key: str):
-        """chunk(index, content, finish_reason) for a stream: key "text" (completions) or "delta"
-        (chat); index None gives a chunk without choices (the usage chunk's base)."""
+        """chunk(index, content, finish_reason, logprobs) for a stream: key "text" (completions) or
+        "delta" (chat); index None gives a chunk without choices (the usage chunk's base)."""
 
-        def chunk(index, content, finish):
-            choice = {"index": index, key: content, "logprobs": None, "finish_reason": finish}
+        def chunk(index, content, finish, logprobs=None):
+            choice = {"index": index, key: content, "logprobs": logprobs, "finish_reason": finish}
             return envelope(rid, created, obj, [] if index is None else [choice])
 
         return chunk
+
+    def completion_logprobs(g: Generation, i: int, pairs: list | None) -> dict | None:
+        """The completions API's logprobs object for sequence i's tokens `pairs` (vLLM's shape: the
+        sampled token is in each top_logprobs entry too, which may so hold k + 1 tokens)."""
+        if pairs is None:
+            return None
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token, top in pairs:
+            text = backend.token_text(token)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(top[token])
+            out["top_logprobs"].append({backend.token_text(t): v for t, v in top.items()})
+            out["text_offset"].append(g.text_offset[i])
+            g.text_offset[i] += len(text)
+        return out
+
+    def chat_logprobs(g: Generation, i: int, pairs: list | None) -> dict | None:
+        """The chat API's logprobs object: per token its text, logprob, UTF-8 bytes and the
+        top_logprobs most likely tokens."""
+        if pairs is None:
+            return None
+        k = g.group.sampling_params.logprobs
+
+        def entry(token, value):
+            text = backend.token_text(token)
+            return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+        content = []
+        for token, top in pairs:
+            best = sorted(top.items(), key=lambda kv: -kv[1])[:k]
+            content.append(entry(token, top[token]) | {"top_logprobs": [entry(t, v) for t, v in best]})
+        return {"content": content}
 
     def sse(payload: dict | str) -> str:
         return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
@@ -313,8 +376,9 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                     for i in range(n):
                         yield sse(chunk(k * n + i, {} if chat else "", g.finish_reason[i]))
                     continue
-                i, delta = item
-                yield sse(chunk(k * n + i, {"content": delta} if chat else delta, None))
+                i, delta, pairs = item
+                logprobs = (chat_logprobs if chat else completion_logprobs)(g, i, pairs)
+                yield sse(chunk(k * n + i, {"content": delta} if chat else delta, None, logprobs))
             if include_usage:
                 yield sse(chunk(None, None, None) | {"choices": [], "usage": usage(gens)})
             yield sse("[DONE]")
@@ -364,8 +428,14 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
                 stream(gens, request, chunk, include, chat=False), media_type="text/event-stream"
             )
         await run(gens, request)
+        asked = req.logprobs is not None
         choices = [
-            {"index": k * n + i, "text": g.text[i], "logprobs": None, "finish_reason": g.finish_reason[i]}
+            {
+                "index": k * n + i,
+                "text": g.text[i],
+                "logprobs": completion_logprobs(g, i, g.sent_logprobs[i] if asked else None),
+                "finish_reason": g.finish_reason[i],
+            }
             for k, g in enumerate(gens)
             for i in range(n)
         ]
@@ -392,7 +462,7 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
             {
                 "index": i,
                 "message": {"role": "assistant", "content": gen.text[i]},
-                "logprobs": None,
+                "logprobs": chat_logprobs(gen, i, gen.sent_logprobs[i] if req.logprobs else None),
                 "finish_reason": gen.finish_reason[i],
             }
             for i in range(req.n)

@@ -45,6 +45,12 @@ class Backend:
             return self.tokenizer.decode(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text for logprobs (special tokens spelled out, as they were sampled)."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return self.tokenizer.decode([token_id])
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """The tokenizer's chat template (with the assistant's turn opened), or for a tokenizer without
         one, "role: content" lines and "assistant:"."""

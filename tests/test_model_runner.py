@@ -116,6 +116,50 @@ def test_llm_api_greedy_equals_transformers_on_a_saved_checkpoint(tmp_path):
     ]
 
 
+def test_logprobs_equal_transformers_log_softmax(tmp_path):
+    """SamplingParams.logprobs = k: each output token's logprob and the k most likely tokens at its
+    position, as transformers' per-step logits give them (greedy; with sampling, the sampled token's
+    value is its logprob under the unscaled distribution)."""
+    from paged.llm import LLM
+
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "ckpt")
+    llm = LLM(model=str(tmp_path / "ckpt"), block_size=4, kv_cache_gib=0.01, seed=0)
+    k = 3
+    outs = llm.generate(
+        PROMPTS, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=k)
+    )
+    never = model.config.vocab_size + 1
+    for prompt, out in zip(PROMPTS, outs):
+        ref = model.generate(
+            torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=never,
+            pad_token_id=0, output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        got = out.outputs[0]
+        assert len(got.logprobs) == NEW_TOKENS
+        total = 0.0
+        for token, top, logits in zip(got.token_ids, got.logprobs, ref.logits):
+            lp = torch.log_softmax(logits[0].float(), -1)
+            values, ids = torch.topk(lp, k)
+            assert set(top) == set(ids.tolist()) | {token}  # greedy: the token is the top one
+            for t, v in top.items():
+                assert v == pytest.approx(float(lp[t]), abs=1e-4)
+            total += top[token]
+        assert got.cumulative_logprob == pytest.approx(total, abs=1e-5)
+    # Sampling (n=2) and logprobs=0: the sampled token alone, valued under the unscaled distribution.
+    sampled = llm.generate(
+        [PROMPTS[0]], SamplingParams(max_tokens=4, temperature=0.7, n=2, seed=1, ignore_eos=True, logprobs=0)
+    )[0]
+    for o in sampled.outputs:
+        assert [list(d) for d in o.logprobs] == [[t] for t in o.token_ids]
+        assert sum(d[t] for d, t in zip(o.logprobs, o.token_ids)) == pytest.approx(o.cumulative_logprob)
+    # Without logprobs nothing is kept.
+    plain = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    assert plain[0].outputs[0].logprobs is None
+    with pytest.raises(ValueError, match="logprobs must be between 0 and 20"):
+        SamplingParams(logprobs=21)
+
+
 def test_llm_api_errors_name_the_problem(tmp_path):
     from paged.llm import LLM
 

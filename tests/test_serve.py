@@ -137,6 +137,8 @@ def _post(server, path, body, raw=False):
         ({"model": "opt-125m", "prompt": "hi", "max_tokens": 500, "n": 8}, 400, "can never run"),
         ({"model": "opt-125m", "prompt": [1, 2, 10**9]}, 400, "outside the vocabulary"),
         ({"model": "opt-125m", "prompt": ""}, 400, "empty"),
+        ({"model": "opt-125m", "prompt": "hi", "logprobs": 1}, 400, "--backend real"),
+        ({"model": "opt-125m", "prompt": "hi", "logprobs": 21}, 400, "logprobs"),
     ],
 )
 def test_bad_input_gets_a_4xx_in_openai_format_and_the_server_keeps_serving(sim, body, status, words):
@@ -269,6 +271,37 @@ def test_the_real_backend_serves_a_random_weight_model(real):
     assert again.choices[0].text == r.choices[0].text  # greedy is deterministic
 
 
+def test_logprobs_streamed_and_not_agree_and_follow_the_greedy_choice(real):
+    c = real.client()
+    ask = dict(model="opt-125m", prompt=[2, 100, 200, 300], max_tokens=6, temperature=0, logprobs=2)
+    whole = c.completions.create(**ask).choices[0]
+    lp = whole.logprobs
+    assert len(lp.tokens) == 6 and "".join(lp.tokens) == whole.text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:j]) for j in range(6)]
+    for value, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert value <= 0 and value == pytest.approx(max(top.values()))  # greedy: the likeliest token
+    streamed = [ch.choices[0].logprobs for ch in c.completions.create(**ask, stream=True) if ch.choices]
+    streamed = [x for x in streamed if x is not None]
+    assert sum((x.tokens for x in streamed), []) == lp.tokens
+    assert sum((x.token_logprobs for x in streamed), []) == lp.token_logprobs
+    assert c.completions.create(**(ask | {"logprobs": None})).choices[0].logprobs is None
+    # Chat: logprobs=true with top_logprobs=3; without top_logprobs only the sampled token's.
+    msgs = [{"role": "user", "content": "hi"}]
+    r = c.chat.completions.create(
+        model="opt-125m", messages=msgs, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 4
+    assert "".join(x.token for x in content) == r.choices[0].message.content
+    for x in content:
+        assert len(x.top_logprobs) == 3 and x.top_logprobs[0].logprob == pytest.approx(x.logprob)
+        assert bytes(x.bytes).decode() == x.token
+    r = c.chat.completions.create(model="opt-125m", messages=msgs, max_tokens=2, logprobs=True)
+    assert [len(x.top_logprobs) for x in r.choices[0].logprobs.content] == [0, 0]
+    bad = _post(real, "/v1/chat/completions", {"model": "opt-125m", "messages": msgs, "top_logprobs": 2})
+    assert bad.status_code == 400 and "logprobs set to true" in bad.json()["error"]["message"]
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(tmp_path):
     import signal
     import subprocess
@@ -341,6 +374,11 @@ def test_smollm2_answers_in_english_through_the_openai_client():
             model="smollm2-135m", prompt="Three tips for staying healthy:", max_tokens=24, temperature=0
         )
         assert streamed == whole.choices[0].text  # streaming gives the same text, piece by piece
+        lp = c.completions.create(
+            model="smollm2-135m", prompt="Three tips for staying healthy:", max_tokens=24, temperature=0,
+            logprobs=1,
+        ).choices[0].logprobs  # fmt: skip
+        assert "".join(lp.tokens) == streamed and all(v <= 0 for v in lp.token_logprobs)
         words = streamed.lower().split()
         assert (
             sum(w.strip(".,:;") in {"a", "the", "and", "to", "of", "your", "water", "is"} for w in words) >= 2
