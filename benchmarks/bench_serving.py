@@ -3,6 +3,7 @@ server and against vLLM's CPU server, the same checkpoint, the same prompts, at 
 
     python benchmarks/bench_serving.py --output results/bench/serving_smollm2.json
     python benchmarks/bench_serving.py --rates 0.5 1 2 --num-prompts 40 --input-len 128 --output-len 64
+    python benchmarks/bench_serving.py --servers pagelab --rates 2 --profile results/bench/serve_prof.json
 
 Each server runs alone, one after the other, with both cores; the client (`vllm bench serve`, from
 the vLLM CPU virtual environment of benchmarks/README.md) sends `--num-prompts` requests of the
@@ -10,6 +11,11 @@ the vLLM CPU virtual environment of benchmarks/README.md) sends `--num-prompts` 
 per server and rate, vLLM's own result fields (request_throughput, output_throughput, mean / median /
 p99 TTFT, TPOT and ITL in ms) and the machine; it is rewritten after every run (atomically), so an
 interrupted benchmark keeps what finished.
+
+`--profile FILE`: pagelab's server runs under py-spy (a sampling profiler, `pip install py-spy`; every
+thread, idle time included), and FILE gets where each thread's wall time went under that load: the
+engine thread's model forward, sampler, scheduler, publishing and idle waiting; the event loop's
+request handling (serving/), uvicorn and asyncio, and idle waiting; plus the top functions by samples.
 """
 
 from __future__ import annotations
@@ -163,6 +169,51 @@ def run_client(url: str, name: str, model_dir: str, rate: float, args) -> dict:
     return {k: result.get(k) for k in FIELDS}
 
 
+# Where a sample's time went, by the frames in its stack (first match wins), per thread.
+ENGINE_CLASSES = [
+    ("idle: waiting for requests", ("Event.wait (threading.py", "wait (threading.py")),
+    ("sampler", ("paged/sampler.py",)),
+    ("model forward", ("paged/model_runner.py", "paged/real_executor.py")),
+    ("scheduler and block manager", ("paged/scheduler.py", "paged/block_manager.py")),
+    ("publishing updates, pacing", ("paged/async_engine.py",)),
+]
+LOOP_CLASSES = [
+    ("idle: waiting for I/O", ("select (selectors.py",)),
+    ("detokenization and stop strings", ("_detokenize (", "_advance (")),
+    ("request handling (serving/)", ("serving/",)),
+    ("uvicorn, starlette, asyncio", ("uvicorn", "starlette", "asyncio")),
+]
+
+
+def summarize_profile(raw: Path) -> dict:
+    """py-spy's raw (collapsed) stacks -> per thread: share of samples per class, top functions."""
+    threads: dict[str, dict] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        name = frames[0].partition(": ")[2]  # "thread (id): its name"
+        kind = "engine" if name == "pagelab-engine" else "event loop" if name == "MainThread" else name
+        t = threads.setdefault(kind, {"samples": 0, "classes": {}, "functions": {}})
+        n = int(count)
+        t["samples"] += n
+        classes = ENGINE_CLASSES if kind == "engine" else LOOP_CLASSES
+        label = next((c for c, keys in classes if any(k in stack for k in keys)), "other")
+        t["classes"][label] = t["classes"].get(label, 0) + n
+        top = frames[-1]
+        t["functions"][top] = t["functions"].get(top, 0) + n
+    out = {}
+    for kind, t in sorted(threads.items(), key=lambda kv: -kv[1]["samples"]):
+        total = t["samples"]
+        share = sorted(t["classes"].items(), key=lambda kv: -kv[1])
+        top = sorted(t["functions"].items(), key=lambda kv: -kv[1])[:12]
+        out[kind] = {
+            "samples": total,
+            "share": {c: round(v / total, 4) for c, v in share},
+            "top_functions": [[f, round(v / total, 4)] for f, v in top],
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a checkpoint directory")
@@ -177,6 +228,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", "/tmp/vllm-venv/bin/python"))
     ap.add_argument("--output", help="write the results as JSON here")
+    ap.add_argument("--profile", help="run pagelab's server under py-spy and write where its time goes here")
     args = ap.parse_args()
     if not Path(args.vllm_python).with_name("vllm").exists():
         sys.exit(
@@ -203,8 +255,15 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = start_server(kind, model_dir, name, port, args)
+        spy = None
         try:
             wait_healthy(url, proc)
+            if args.profile and kind == "pagelab":  # attached once serving: start-up is not profiled
+                raw = str(Path(args.profile).with_suffix(".raw.txt"))
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "--threads", "--idle", "--format", "raw", "-r", "50", "-o", raw]
+                    + ["--pid", str(proc.pid)]
+                )
             for rate in args.rates:
                 print(f"== {kind} at {rate:g} req/s", flush=True)
                 row = {"server": kind, "request_rate": rate, **run_client(url, name, model_dir, rate, args)}
@@ -213,12 +272,23 @@ def main() -> None:
                 if args.output:
                     atomic_write(args.output, json.dumps(out, indent=2) + "\n")
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+                spy.wait(60)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
     print(json.dumps(out["results"], indent=1))
+    if args.profile:
+        raw = Path(args.profile).with_suffix(".raw.txt")
+        profile = {"machine": out["machine"], "args": vars(args), "results": out["results"]}
+        profile["threads"] = summarize_profile(raw)
+        atomic_write(args.profile, json.dumps(profile, indent=2) + "\n")
+        for kind, t in profile["threads"].items():
+            shares = ", ".join(f"{c} {v:.0%}" for c, v in t["share"].items())
+            print(f"{kind} ({t['samples']} samples): {shares}")
 
 
 if __name__ == "__main__":
