@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -234,6 +235,8 @@ def main() -> None:
         sys.exit(
             f"error: no vLLM at {args.vllm_python}: set it up as benchmarks/README.md says (--vllm-python)"
         )
+    if args.profile and shutil.which("py-spy") is None:
+        sys.exit("error: --profile needs py-spy: pip install py-spy (or pip install -e .[bench])")
     model_dir = args.model
     if args.model == "smollm2-135m":
         from paged.checkpoints import smollm2_135m
