@@ -1,6 +1,7 @@
 """The CPU path's three measured fixes, each against what it replaced, side by side in one run.
 
     python benchmarks/bench_cpu_ops.py
+    python benchmarks/bench_cpu_ops.py --linear   # 4. alone
 
 1. native decode attention with its software prefetch, over 64 sequences x 512 tokens (12 x 64 heads,
    bf16, block 16) scattered at random through a large cache, against the same blocks laid out in
@@ -8,7 +9,10 @@
 2. prompt attention through PyTorch's fused attention with 4-D inputs (its CPU flash kernel) against
    3-D inputs (the math path), causal, at 300 and 1000 tokens;
 3. ReLU after a linear layer at 2048 tokens: a fresh output against in place (pagelab_kernels/cpu_ops.py and
-   paged/model_runner.py cite these).
+   paged/model_runner.py cite these);
+4. linear layers through oneDNN with the weight packed once (pagelab_kernels/cpu_linear.py) against
+   `F.linear` on the plain weight, fp32, SmolLM2-135M's shapes (hidden 576, MLP 1536, KV 192, vocabulary
+   49,152) at 1, 32 and 512 tokens, and bf16 where the CPU computes it natively.
 Times are medians of 20 runs, in milliseconds.
 """
 
@@ -23,7 +27,34 @@ import torch.nn.functional as F
 from harness.calib.timing import median_ms
 
 
+def linears() -> None:
+    from paged.cpu_features import native_bf16
+    from pagelab_kernels import cpu_linear
+
+    if not cpu_linear.available():
+        raise SystemExit("error: this torch has no oneDNN (mkldnn) linear: nothing to compare")
+    torch.manual_seed(0)
+    shapes = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
+    for dt in [torch.float32] + ([torch.bfloat16] if native_bf16() else []):
+        for k, n in shapes:
+            w = torch.randn(n, k).to(dt)
+            packed = cpu_linear.packed_weight(w)
+            cells = []
+            for m in (1, 32, 512):
+                x = torch.randn(m, k).to(dt)
+                plain = median_ms(lambda x=x, w=w: F.linear(x, w), 20)
+                fast = median_ms(lambda x=x, p=packed: cpu_linear.linear(x, p), 20)
+                cells.append(f"{m:>3} tokens {plain:7.3f} vs {fast:7.3f} ms ({plain / fast:.2f}x)")
+            name = str(dt).removeprefix("torch.")
+            print(f"linear {name} {k:>4} -> {n:>5}: F.linear vs packed: " + "; ".join(cells))
+
+
 def main() -> None:
+    import sys
+
+    if "--linear" in sys.argv[1:]:
+        linears()
+        return
     from pagelab_kernels import cpu_native
 
     torch.manual_seed(0)
@@ -72,6 +103,7 @@ def main() -> None:
             f"ReLU after a linear, 2048 x 3072: fresh output {relu_time(torch.relu):.2f} ms, "
             f"in place {relu_time(torch.relu_):.2f} ms"
         )
+    linears()
 
 
 if __name__ == "__main__":

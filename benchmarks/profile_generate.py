@@ -2,6 +2,8 @@
 
     python benchmarks/profile_generate.py                    # 160 prompts of 300 tokens, 40 new each
     python benchmarks/profile_generate.py --shapes           # grouped by input shape too
+    python benchmarks/profile_generate.py --model ~/.cache/pagelab/smollm2-135m-instruct --dtype float32 \
+        --prompts 32 --prompt-len 128 --max-tokens 128    # decode-heavy, SmolLM2 fp32
 
 A prompt-heavy offline batch on the OPT-125m-shaped random model (bf16, 2 threads), after a warm-up
 generate. This is the profile docs/real_engine.md quotes for the ReLU and prompt-attention fixes:
@@ -24,16 +26,19 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=300)
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shapes", action="store_true", help="group operators by input shape")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from paged import SamplingParams
     from paged.llm import LLM
 
-    llm = LLM(model=args.model, dtype="bfloat16", kv_cache_gib=4)
+    llm = LLM(model=args.model, dtype=args.dtype, kv_cache_gib=4)
     g = torch.Generator().manual_seed(0)
+    vocab = llm.model.config.vocab_size
     prompts = [
-        torch.randint(100, 50000, (args.prompt_len,), generator=g).tolist() for _ in range(args.prompts)
+        torch.randint(100, min(50000, vocab), (args.prompt_len,), generator=g).tolist()
+        for _ in range(args.prompts)
     ]
     llm.generate(prompts[:4], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))  # warm-up
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True, temperature=0)
