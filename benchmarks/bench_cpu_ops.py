@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu_ops.py
     python benchmarks/bench_cpu_ops.py --linear   # 4. alone
+    python benchmarks/bench_cpu_ops.py --prefill  # 5. alone
 
 1. native decode attention with its software prefetch, over 64 sequences x 512 tokens (12 x 64 heads,
    bf16, block 16) scattered at random through a large cache, against the same blocks laid out in
@@ -13,6 +14,9 @@
 4. linear layers through oneDNN with the weight packed once (pagelab_kernels/cpu_linear.py) against
    `F.linear` on the plain weight, fp32, SmolLM2-135M's shapes (hidden 576, MLP 1536, KV 192, vocabulary
    49,152) at 1, 32 and 512 tokens, and bf16 where the CPU computes it natively.
+5. (`--prefill` only: it loads SmolLM2-135M) a prefill of 40 ShareGPT-like prompts in fp32 as one
+   step of every token against sub-batches of at most 2048, 1024 and 512 tokens
+   (ModelRunner.prefill_chunk_tokens), each timed twice, alternating.
 Times are medians of 20 runs, in milliseconds.
 """
 
@@ -49,9 +53,43 @@ def linears() -> None:
             print(f"linear {name} {k:>4} -> {n:>5}: F.linear vs packed: " + "; ".join(cells))
 
 
+def prefill() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_throughput import make_requests
+
+    from paged import SamplingParams
+    from paged.checkpoints import smollm2_135m
+    from paged.llm import LLM
+
+    llm = LLM(model=str(smollm2_135m()), dtype="float32", kv_cache_gib=4)
+    prompts = [r["prompt_token_ids"] for r in make_requests("sharegpt_synthetic", 40, 0, 49152, 2048)]
+    params = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0)
+    llm.generate(prompts[:2], params, use_tqdm=False)
+    times: dict = {}
+    for _ in range(2):
+        for limit in (None, 2048, 1024, 512):
+            llm.runner.prefill_chunk_tokens = limit
+            t = time.perf_counter()
+            llm.generate(prompts, params, use_tqdm=False)  # one prefill step (and one token each)
+            times.setdefault(limit, []).append(time.perf_counter() - t)
+    tokens = sum(map(len, prompts))
+    for limit, ts in times.items():
+        print(
+            f"prefill {tokens} tokens, sub-batches of {limit or 'all'} tokens: "
+            + ", ".join(f"{t:.2f}" for t in ts)
+            + " s"
+        )
+
+
 def main() -> None:
     import sys
 
+    if "--prefill" in sys.argv[1:]:
+        prefill()
+        return
     if "--linear" in sys.argv[1:]:
         linears()
         return

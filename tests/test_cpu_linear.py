@@ -52,3 +52,38 @@ def test_the_runner_packs_on_cpu_and_the_switch_turns_it_off(monkeypatch):
     runner = ModelRunner(plain, 4, 4)
     assert runner._head_packed is None
     assert not any(isinstance(m, cpu_linear.PackedLinear) for m in plain.modules())
+
+
+def test_a_big_prefill_in_sub_batches_gives_the_same_logits_and_tokens():
+    """ModelRunner.forward on a CPU cuts a prefill of more than prefill_chunk_tokens tokens between
+    sequences: the logits of every sequence as in one pass, and the same greedy tokens."""
+    from paged.model_runner import split_prefill
+    from tests.test_model_runner import NEW_TOKENS, PROMPTS, engine_greedy, tiny
+
+    model = tiny("llama")
+    whole, _ = engine_greedy(model, PROMPTS, NEW_TOKENS)
+    import paged.model_runner as mr
+
+    old = mr.PREFILL_CHUNK_TOKENS
+    mr.PREFILL_CHUNK_TOKENS = 8  # PROMPTS are 7, 2 and 14 tokens: parts [7], [2], [14]
+    try:
+        parts, _ = engine_greedy(model, PROMPTS, NEW_TOKENS)
+    finally:
+        mr.PREFILL_CHUNK_TOKENS = old
+    assert parts == whole
+    # The split itself: whole sequences, at most the limit unless one sequence alone exceeds it.
+    from paged.model_runner import StepInputs
+
+    lens = [7, 2, 14, 3, 3]
+    cu = torch.tensor([0, 7, 9, 23, 26, 29], dtype=torch.int32)
+    n = int(cu[-1])
+    inputs = StepInputs(
+        input_ids=torch.arange(n), positions=torch.arange(n), slot_mapping=torch.arange(n),
+        block_tables=torch.arange(len(lens))[:, None].int(), is_prefill=True, cu_seqlens=cu,
+        cached_lens=torch.zeros(len(lens), dtype=torch.int32), logit_rows=cu[1:].long() - 1,
+    )  # fmt: skip
+    split = split_prefill(inputs, 10)
+    assert [p.cu_seqlens.tolist() for p in split] == [[0, 7, 9], [0, 14], [0, 3, 6]]
+    assert [p.logit_rows.tolist() for p in split] == [[6, 8], [13], [2, 5]]
+    assert torch.cat([p.input_ids for p in split]).tolist() == list(range(n))
+    assert [p.block_tables[:, 0].tolist() for p in split] == [[0, 1], [2], [3, 4]]
