@@ -138,7 +138,11 @@ class ModelRunner:
             # The layers' nn.Linear modules are replaced in place (the model still runs as before).
             from pagelab_kernels import cpu_linear
 
-            cpu_linear.pack_linears(self.layers)
+            for layer in self.layers:  # q, k, v (and LLaMA's gate, up) as one GEMM each
+                cpu_linear.fuse(layer.self_attn, ["q_proj", "k_proj", "v_proj"], "qkv")
+                if self.family == "llama":
+                    cpu_linear.fuse(layer.mlp, ["gate_proj", "up_proj"], "gate_up")
+            cpu_linear.pack_linears(self.layers)  # the others
             self._head_packed = cpu_linear.packed_weight(hf_model.lm_head.weight)
 
     def _pack_linears(self) -> bool:
@@ -263,13 +267,29 @@ class ModelRunner:
             q, kc, vc, inputs.block_tables, inputs.context_lens, self.scale
         )
 
+    @staticmethod
+    def _qkv(attn, x):
+        """The query, key and value projections: one fused GEMM where the CPU path made one."""
+        fused = getattr(attn, "qkv", None)
+        return fused(x) if fused is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+
+    @staticmethod
+    def _mlp(mlp, x):
+        """LLaMA's MLP, down(act(gate(x)) * up(x)), with gate and up as one GEMM where fused."""
+        fused = getattr(mlp, "gate_up", None)
+        if fused is None:
+            return mlp(x)
+        gate, up = fused(x)
+        return mlp.down_proj(mlp.act_fn(gate) * up)
+
     def _opt_layer(self, i, layer, h, inputs):
         attn = layer.self_attn
         t = h.shape[0]
         x = layer.self_attn_layer_norm(h)
-        q = attn.q_proj(x).view(t, self.num_heads, self.head_dim)
-        k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._qkv(attn, x)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         # In-place residual adds and ReLU: h and fc1's output are this step's own temporaries, and on
         # a CPU a fresh [tokens, 4 * hidden] output per layer page-faulted inside a generate (ReLU
         # 2.3-3.7 ms per call vs 0.19 in place; benchmarks/profile_generate.py, docs/real_engine.md).
@@ -285,13 +305,14 @@ class ModelRunner:
         attn = layer.self_attn
         t = h.shape[0]
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
-        k = attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
-        v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._qkv(attn, x)
+        q = q.view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
+        k = k.view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
         h = h.add_(self._reduce(attn.o_proj(self._attention(i, q, k, v, inputs))))
-        return h.add_(self._reduce(layer.mlp(layer.post_attention_layernorm(h))))
+        return h.add_(self._reduce(self._mlp(layer.mlp, layer.post_attention_layernorm(h))))
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum a row-parallel projection's partial outputs over the tensor-parallel ranks."""

@@ -38,6 +38,39 @@ def test_pack_linears_replaces_every_linear_in_place_and_keeps_the_output():
     assert cpu_linear.pack_linears(net) == 0  # packed layers are left alone
 
 
+@pytest.mark.parametrize("biases", [(False, False, False), (True, True, True), (True, False, True)])
+def test_fuse_packs_projections_of_one_input_into_one_gemm(biases):
+    torch.manual_seed(0)
+    parent = torch.nn.Module()
+    for name, out, b in zip(("q", "k", "v"), (64, 16, 16), biases):
+        setattr(parent, name, torch.nn.Linear(32, out, bias=b))
+    x = torch.randn(5, 32)
+    want = [getattr(parent, n)(x) for n in ("q", "k", "v")]
+    assert cpu_linear.fuse(parent, ["q", "k", "v"], "qkv")
+    got = parent.qkv(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    # Each name still computes its own output (the model's own forward keeps working).
+    for n, w in zip(("q", "k", "v"), want):
+        torch.testing.assert_close(getattr(parent, n)(x), w, rtol=1e-5, atol=1e-5)
+    assert not cpu_linear.fuse(parent, ["q", "k", "v"], "qkv")  # fused already
+
+
+def test_a_packed_models_own_forward_still_gives_its_logits():
+    from paged.model_runner import ModelRunner
+    from tests.test_model_runner import tiny
+
+    for family in ("llama", "opt"):
+        model = tiny(family)
+        ids = torch.tensor([[5, 17, 9, 33]])
+        with torch.no_grad():
+            want = model(ids).logits
+            ModelRunner(model, 4, 4)  # packs and fuses in place
+            got = model(ids).logits
+        assert any(isinstance(m, cpu_linear.FusedLinear) for m in model.modules())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_the_runner_packs_on_cpu_and_the_switch_turns_it_off(monkeypatch):
     from paged.model_runner import ModelRunner
     from tests.test_model_runner import NEW_TOKENS, PROMPTS, engine_greedy, hf_greedy, tiny

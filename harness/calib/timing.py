@@ -58,9 +58,9 @@ class _Span:
 class ForwardTimer:
     """Times a model runner's forward passes by part, where they run: the runner's own timing hook
     (`runner.timer`: "forward", the whole pass; "attention", the attention kernels; "lm_head") and
-    PyTorch module hooks on every nn.Linear or PackedLinear of the layers ("linear"; `linears=False`:
-    none). Milliseconds accumulate in `parts` until `reset()`, inside `with ForwardTimer(runner):`
-    only; leaving it removes the hooks and unsets the runner's timer."""
+    PyTorch module hooks on every nn.Linear, PackedLinear or FusedLinear of the layers ("linear";
+    `linears=False`: none). Milliseconds accumulate in `parts` until `reset()`, inside `with
+    ForwardTimer(runner):` only; leaving it removes the hooks and unsets the runner's timer."""
 
     PARTS = ("forward", "linear", "attention", "lm_head")
 
@@ -86,10 +86,10 @@ class ForwardTimer:
     def __enter__(self) -> ForwardTimer:
         import torch
 
-        from pagelab_kernels.cpu_linear import PackedLinear
+        from pagelab_kernels.cpu_linear import FusedLinear, PackedLinear
 
         r = self.runner
-        kinds = (torch.nn.Linear, PackedLinear)  # on a CPU the runner packs its linears (oneDNN)
+        kinds = (torch.nn.Linear, PackedLinear, FusedLinear)  # a CPU runner packs its linears
         linears = [m for layer in r.layers for m in layer.modules() if isinstance(m, kinds)]
         linears = linears if self.linears else []
         self._handles = [m.register_forward_pre_hook(self._pre) for m in linears]
