@@ -133,10 +133,13 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
 #endif
                 for (int o = 0; o < n; o++) {
                     prefetch_row(ahead + (long)o * token_stride * elem, width * elem);
-                    row_to_f32(k_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
+                    const long at = (first + o) * token_stride + (long)h0 * head_dim;
+                    const float* keys = row;  // fp32 is read in place; half types converted first
+                    if (dtype == 0) keys = (const float*)k_cache + at;
+                    else row_to_f32(k_cache, at, width, dtype, row);
                     for (int j = 0; j < nq; j++) {
                         const float* qj = q + j * head_dim;
-                        const float* kr = row + (j / group) * head_dim;
+                        const float* kr = keys + (j / group) * head_dim;
                         float dot = 0.f;
                         for (int i = 0; i < head_dim; i++) dot += qj[i] * kr[i];
                         scores[(long)j * len + t0 + o] = dot;
@@ -164,10 +167,13 @@ void paged_decode_attention(const void* query, const void* k_cache, const void* 
                     : NULL;
                 for (int o = 0; o < n; o++) {
                     if (ahead) prefetch_row(ahead + (long)o * token_stride * elem, width * elem);
-                    row_to_f32(v_cache, (first + o) * token_stride + (long)h0 * head_dim, width, dtype, row);
+                    const long at = (first + o) * token_stride + (long)h0 * head_dim;
+                    const float* values = row;
+                    if (dtype == 0) values = (const float*)v_cache + at;
+                    else row_to_f32(v_cache, at, width, dtype, row);
                     for (int j = 0; j < nq; j++) {
                         const float p = scores[(long)j * len + t0 + o];
-                        const float* vr = row + (j / group) * head_dim;
+                        const float* vr = values + (j / group) * head_dim;
                         float* a = acc + j * head_dim;
                         for (int i = 0; i < head_dim; i++) a[i] += p * vr[i];
                     }
