@@ -53,6 +53,12 @@ class StepInputs:
     logit_rows: torch.Tensor | None = None  # [B] which row's hidden state gives each sequence's logits
 
 
+def _native_available() -> bool:
+    from pagelab_kernels import cpu_native
+
+    return cpu_native.available()
+
+
 PREFILL_CHUNK_TOKENS = 1024  # a CPU prefill's sub-batch, in tokens (ModelRunner.forward)
 
 
@@ -129,6 +135,10 @@ class ModelRunner:
             self.layers, self.final_norm = dec.layers, dec.final_layer_norm
         else:
             self.layers, self.final_norm = hf_model.model.layers, hf_model.model.norm
+        # CPU: LLaMA's RMSNorm and SwiGLU's silu * up as one native pass each (pagelab_kernels/
+        # cpu_native.py), where the C kernel built; elsewhere transformers' modules.
+        self._native = self.device.type == "cpu" and _native_available()
+        self._silu = getattr(cfg, "hidden_act", None) == "silu"
         # CPU only: big prompt steps run in sub-batches (forward); a GPU wants the whole batch.
         self.prefill_chunk_tokens = PREFILL_CHUNK_TOKENS if self.device.type == "cpu" else None
         self._head_packed = None
@@ -273,14 +283,26 @@ class ModelRunner:
         fused = getattr(attn, "qkv", None)
         return fused(x) if fused is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
 
-    @staticmethod
-    def _mlp(mlp, x):
+    def _mlp(self, mlp, x):
         """LLaMA's MLP, down(act(gate(x)) * up(x)), with gate and up as one GEMM where fused."""
         fused = getattr(mlp, "gate_up", None)
         if fused is None:
             return mlp(x)
+        if self._native and self._silu and x.dim() == 2:
+            from pagelab_kernels import cpu_native
+            from pagelab_kernels.cpu_linear import linear
+
+            return mlp.down_proj(cpu_native.silu_and_mul(linear(x, fused.packed, fused.bias)))
         gate, up = fused(x)
         return mlp.down_proj(mlp.act_fn(gate) * up)
+
+    def _rms_norm(self, norm, x):
+        """A LlamaRMSNorm, natively on a CPU."""
+        if self._native and x.dim() == 2:
+            from pagelab_kernels import cpu_native
+
+            return cpu_native.rms_norm(x, norm.weight, norm.variance_epsilon)
+        return norm(x)
 
     def _opt_layer(self, i, layer, h, inputs):
         attn = layer.self_attn
@@ -304,7 +326,7 @@ class ModelRunner:
 
         attn = layer.self_attn
         t = h.shape[0]
-        x = layer.input_layernorm(h)
+        x = self._rms_norm(layer.input_layernorm, h)
         q, k, v = self._qkv(attn, x)
         q = q.view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
         k = k.view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
@@ -312,7 +334,7 @@ class ModelRunner:
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
         h = h.add_(self._reduce(attn.o_proj(self._attention(i, q, k, v, inputs))))
-        return h.add_(self._reduce(self._mlp(layer.mlp, layer.post_attention_layernorm(h))))
+        return h.add_(self._reduce(self._mlp(layer.mlp, self._rms_norm(layer.post_attention_layernorm, h))))
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum a row-parallel projection's partial outputs over the tensor-parallel ranks."""
@@ -361,7 +383,8 @@ class ModelRunner:
             cos, sin = m.model.rotary_emb(h[None], inputs.positions[None])
             for i, layer in enumerate(self.layers):
                 h = self._llama_layer(i, layer, h, inputs, cos, sin)
-        h = self.final_norm(h[inputs.logit_rows])
+        h = h[inputs.logit_rows]
+        h = self.final_norm(h) if self.family == "opt" else self._rms_norm(self.final_norm, h)
         with self._part("lm_head"):
             return self._lm_head(h)
 

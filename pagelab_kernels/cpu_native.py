@@ -62,6 +62,11 @@ def _build() -> ctypes.CDLL | None:
     g = lib.greedy_rows
     g.restype = None
     g.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.write_kv.restype = lib.rms_norm.restype = lib.silu_and_mul.restype = None
+    lib.write_kv.argtypes = [p, p, p, p, p, i, i, i, i]
+    lib.rms_norm.argtypes = [p, p, p, i, i, ctypes.c_float, i, i]
+    lib.silu_and_mul.argtypes = [p, p, i, i, i, i]
     return lib
 
 
@@ -101,4 +106,41 @@ def paged_decode_attention(query, k_cache, v_cache, block_tables, context_lens, 
         out.data_ptr(), num_seqs, num_heads, k_cache.shape[2], head_dim, k_cache.shape[1],
         tables.shape[1], float(scale), DTYPES[query.dtype], torch.get_num_threads(),
     )  # fmt: skip
+    return out
+
+
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    """pagelab_kernels/reference.py's write_kv_cache in one native pass (key/value in the caches' dtype)."""
+    assert available(), build_error
+    key, value = key.to(k_cache.dtype).contiguous(), value.to(v_cache.dtype).contiguous()
+    slots = slot_mapping.to(torch.int64).contiguous()
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    row = key.shape[1] * key.shape[2]
+    _lib.write_kv(
+        key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
+        key.shape[0], row, key.element_size(), torch.get_num_threads(),
+    )  # fmt: skip
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm over the last dimension of a 2-D x, in one pass."""
+    assert available(), build_error
+    x = x.contiguous()
+    weight = weight.to(x.dtype).contiguous()
+    out = torch.empty_like(x)
+    rows, n = x.shape
+    _lib.rms_norm(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, n, float(eps), DTYPES[x.dtype],
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[:, :n]) * x[:, n:] for x [rows, 2n], in one pass."""
+    assert available(), build_error
+    x = x.contiguous()
+    rows, n2 = x.shape
+    out = torch.empty(rows, n2 // 2, dtype=x.dtype)
+    _lib.silu_and_mul(x.data_ptr(), out.data_ptr(), rows, n2 // 2, DTYPES[x.dtype], torch.get_num_threads())
     return out

@@ -8,7 +8,7 @@ torch function (gather, scores, masked fp32 softmax, weighted values) that torch
 loops reading the cache indirectly, over buckets of sequences of similar context length so that
 padding to the longest context does not multiply the memory traffic (ShareGPT contexts range from
 tens to two thousand tokens); with PAGELAB_COMPILE=0 that function runs eagerly. Prefill calls
-PyTorch's fused attention once per sequence.
+PyTorch's fused attention once per sequence. The cache write is native too where the kernel built.
 """
 
 from __future__ import annotations
@@ -19,12 +19,20 @@ import shutil
 import torch
 import torch.nn.functional as F
 
-from pagelab_kernels import cpu_native
-from pagelab_kernels.reference import copy_blocks, gather_kv, write_kv_cache
+from pagelab_kernels import cpu_native, reference
+from pagelab_kernels.reference import copy_blocks, gather_kv
 
 __all__ = ["copy_blocks", "write_kv_cache", "paged_decode_attention", "prefill_attention"]
 
 PAD_SLACK = 1.25  # a bucket may gather at most this many times its sequences' real context
+
+
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    """The reference's cache write, natively where the C kernel built (one pass, no index tensors)."""
+    if cpu_native.available():
+        cpu_native.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
 
 
 def _buckets(lens: list[int]) -> list[list[int]]:

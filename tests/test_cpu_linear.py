@@ -120,3 +120,29 @@ def test_a_big_prefill_in_sub_batches_gives_the_same_logits_and_tokens():
     assert [p.logit_rows.tolist() for p in split] == [[6, 8], [13], [2, 5]]
     assert torch.cat([p.input_ids for p in split]).tolist() == list(range(n))
     assert [p.block_tables[:, 0].tolist() for p in split] == [[0, 1], [2], [3, 4]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_native_rms_norm_silu_and_mul_and_cache_write_equal_torch(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from pagelab_kernels import cpu_native
+    from pagelab_kernels.reference import write_kv_cache
+
+    if not cpu_native.available():
+        pytest.skip(f"native kernel unavailable: {cpu_native.build_error}")
+    torch.manual_seed(0)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 0.0, torch.float16: 2e-3}[dtype]  # bf16 rounds alike
+    norm = LlamaRMSNorm(96, eps=1e-5).to(dtype)
+    norm.weight.data = torch.randn(96).to(dtype)
+    x = torch.randn(37, 96).to(dtype)
+    torch.testing.assert_close(cpu_native.rms_norm(x, norm.weight, 1e-5), norm(x), rtol=tol, atol=tol)
+    gu = torch.randn(37, 2 * 80).to(dtype)
+    want = F.silu(gu[:, :80]) * gu[:, 80:]
+    torch.testing.assert_close(cpu_native.silu_and_mul(gu), want, rtol=tol, atol=tol)
+    caches = [torch.zeros(10, 4, 3, 16, dtype=dtype) for _ in range(4)]
+    k, v = torch.randn(7, 3, 16).to(dtype), torch.randn(7, 3, 16).to(dtype)
+    slots = torch.tensor([0, 5, -1, 39, 12, 13, 2])  # -1: padding, not written
+    write_kv_cache(k, v, caches[0], caches[1], slots)
+    cpu_native.write_kv_cache(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])

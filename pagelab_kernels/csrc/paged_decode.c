@@ -212,3 +212,59 @@ void greedy_rows(const float* logits, int rows, int vocab, int64_t* tokens, floa
         logprobs[r] = -logf(sum);  // x[best] - (m + log(sum)) with x[best] == m
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The layer's small element-wise steps, fused, for the CPU path (each replaces several torch ops
+// and their temporaries; paged/model_runner.py uses them on a CPU). Rows are split over OpenMP
+// threads. Half types round where transformers' modules round, so results match them.
+
+// Store each token's key and value rows at its slot (slot < 0: skip): vLLM's reshape_and_cache.
+// k, v: [tokens, row] contiguous; caches: [slots, row]; row = num_kv_heads * head_dim elements.
+void write_kv(const void* k, const void* v, void* k_cache, void* v_cache, const int64_t* slots,
+              int tokens, int row, int elem, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (tokens > 64)
+    for (int t = 0; t < tokens; t++) {
+        if (slots[t] < 0) continue;
+        const size_t bytes = (size_t)row * elem;
+        memcpy((char*)k_cache + slots[t] * bytes, (const char*)k + (size_t)t * bytes, bytes);
+        memcpy((char*)v_cache + slots[t] * bytes, (const char*)v + (size_t)t * bytes, bytes);
+    }
+}
+
+// LLaMA's RMSNorm: out = w * (x * rsqrt(mean(x^2) + eps)), in fp32, the normalised row rounded to
+// the input dtype before the weight multiplies it (transformers' LlamaRMSNorm). x, out: [rows, n].
+void rms_norm(const void* x, const void* w, void* out, int rows, int n, float eps, int dtype,
+              int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (rows > 16)
+    for (int r = 0; r < rows; r++) {
+        const long base = (long)r * n;
+        float ss = 0.f;
+        for (int i = 0; i < n; i++) {
+            const float a = load(x, base + i, dtype);
+            ss += a * a;
+        }
+        const float inv = 1.f / sqrtf(ss / n + eps);
+        for (int i = 0; i < n; i++) {
+            float y = load(x, base + i, dtype) * inv;
+            if (dtype == 1) y = bf16_to_f32(f32_to_bf16(y));
+            else if (dtype == 2) y = (float)(_Float16)y;
+            store(out, base + i, load(w, i, dtype) * y, dtype);
+        }
+    }
+}
+
+// SwiGLU's gate: out = silu(gate) * up, where x = [gate | up] per row ([rows, 2n]) and out is
+// [rows, n]; silu's result rounded to the dtype before the product (torch's two ops).
+void silu_and_mul(const void* x, void* out, int rows, int n, int dtype, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (rows > 16)
+    for (int r = 0; r < rows; r++) {
+        const long in = (long)r * 2 * n, o = (long)r * n;
+        for (int i = 0; i < n; i++) {
+            const float g = load(x, in + i, dtype);
+            float s = g / (1.f + expf(-g));
+            if (dtype == 1) s = bf16_to_f32(f32_to_bf16(s));
+            else if (dtype == 2) s = (float)(_Float16)s;
+            store(out, o + i, s * load(x, in + n + i, dtype), dtype);
+        }
+    }
+}
