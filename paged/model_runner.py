@@ -327,12 +327,26 @@ class ModelRunner:
         attn = layer.self_attn
         t = h.shape[0]
         x = self._rms_norm(layer.input_layernorm, h)
-        q, k, v = self._qkv(attn, x)
-        q = q.view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
-        k = k.view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
-        v = v.view(t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
+        fused = getattr(attn, "qkv", None)
+        if self._native and fused is not None and cos.shape[-1] == self.head_dim:
+            # One GEMM, then the rotary embedding in place on its query and key columns (native).
+            from pagelab_kernels import cpu_native
+            from pagelab_kernels.cpu_linear import linear
+
+            qkv = linear(x, fused.packed, fused.bias)
+            nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            cpu_native.rotary(qkv, self.num_heads, cos[0], sin[0])
+            cpu_native.rotary(qkv[:, nq:], self.num_kv_heads, cos[0], sin[0])
+            q = qkv[:, :nq].view(t, self.num_heads, self.head_dim)
+            k = qkv[:, nq : nq + nk].view(t, self.num_kv_heads, self.head_dim)
+            v = qkv[:, nq + nk :].view(t, self.num_kv_heads, self.head_dim)
+        else:
+            q, k, v = self._qkv(attn, x)
+            q = q.view(t, self.num_heads, self.head_dim).transpose(0, 1)[None]
+            k = k.view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)[None]
+            v = v.view(t, self.num_kv_heads, self.head_dim)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = q[0].transpose(0, 1), k[0].transpose(0, 1)
         h = h.add_(self._reduce(attn.o_proj(self._attention(i, q, k, v, inputs))))
         return h.add_(self._reduce(self._mlp(layer.mlp, self._rms_norm(layer.post_attention_layernorm, h))))
 

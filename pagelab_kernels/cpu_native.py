@@ -67,6 +67,8 @@ def _build() -> ctypes.CDLL | None:
     lib.write_kv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.rms_norm.argtypes = [p, p, p, i, i, ctypes.c_float, i, i]
     lib.silu_and_mul.argtypes = [p, p, i, i, i, i]
+    lib.rotary.restype = None
+    lib.rotary.argtypes = [p, ctypes.c_long, i, i, i, p, p, i, i]
     return lib
 
 
@@ -144,3 +146,17 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, n2 // 2, dtype=x.dtype)
     _lib.silu_and_mul(x.data_ptr(), out.data_ptr(), rows, n2 // 2, DTYPES[x.dtype], torch.get_num_threads())
     return out
+
+
+def rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """transformers' rotary embedding, in place, on the first `heads` heads of each row of x, a 2-D
+    view whose rows may be strided (the query or key columns of the fused q/k/v output); cos and sin
+    [tokens, head_dim] in x's dtype."""
+    assert available(), build_error
+    d = cos.shape[-1]
+    assert x.stride(1) == 1 and d <= 512 and x.shape[1] >= heads * d
+    cos, sin = cos.to(x.dtype).contiguous(), sin.to(x.dtype).contiguous()
+    _lib.rotary(
+        x.data_ptr(), x.stride(0), x.shape[0], heads, d, cos.data_ptr(), sin.data_ptr(), DTYPES[x.dtype],
+        torch.get_num_threads(),
+    )  # fmt: skip

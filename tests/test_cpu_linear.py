@@ -146,3 +146,31 @@ def test_native_rms_norm_silu_and_mul_and_cache_write_equal_torch(dtype):
     write_kv_cache(k, v, caches[0], caches[1], slots)
     cpu_native.write_kv_cache(k, v, caches[2], caches[3], slots)
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_native_rotary_in_place_equals_transformers(dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from pagelab_kernels import cpu_native
+
+    if not cpu_native.available():
+        pytest.skip(f"native kernel unavailable: {cpu_native.build_error}")
+    torch.manual_seed(0)
+    t, hq, hk, d = 6, 4, 2, 16
+    qkv = torch.randn(t, (hq + 2 * hk) * d).to(dtype)  # the fused projection's output
+    angles = torch.randn(t, d // 2)
+    cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
+    sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+    q = qkv[:, : hq * d].reshape(t, hq, d).transpose(0, 1)[None]
+    k = qkv[:, hq * d : (hq + hk) * d].reshape(t, hk, d).transpose(0, 1)[None]
+    want_q, want_k = (
+        x[0].transpose(0, 1).reshape(t, -1) for x in apply_rotary_pos_emb(q, k, cos[None], sin[None])
+    )
+    v = qkv[:, (hq + hk) * d :].clone()
+    cpu_native.rotary(qkv, hq, cos, sin)
+    cpu_native.rotary(qkv[:, hq * d :], hk, cos, sin)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 0.0, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(qkv[:, : hq * d], want_q, rtol=tol, atol=tol)
+    torch.testing.assert_close(qkv[:, hq * d : (hq + hk) * d], want_k, rtol=tol, atol=tol)
+    assert torch.equal(qkv[:, (hq + hk) * d :], v)  # values untouched

@@ -268,3 +268,32 @@ void silu_and_mul(const void* x, void* out, int rows, int n, int dtype, int num_
         }
     }
 }
+
+// LLaMA's rotary embedding in place on `heads` rows of d per token: x*cos + rotate_half(x)*sin, where
+// rotate_half(x) = [-x[d/2:], x[:d/2]] (transformers' apply_rotary_pos_emb; each product and the sum
+// rounded to the dtype as its three torch ops are). x: token t's heads start at t * row_stride
+// (the query or key part of the fused q/k/v output); cos, sin: [tokens, d].
+void rotary(void* x, long row_stride, int tokens, int heads, int d, const void* cos, const void* sin,
+            int dtype, int num_threads) {
+    const int half = d / 2;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (tokens > 16)
+    for (int t = 0; t < tokens; t++) {
+        for (int h = 0; h < heads; h++) {
+            const long base = (long)t * row_stride + (long)h * d;
+            float a[512];  // the row before rotation (d <= 512)
+            for (int i = 0; i < d; i++) a[i] = load(x, base + i, dtype);
+            for (int i = 0; i < d; i++) {
+                const float c = load(cos, (long)t * d + i, dtype), s = load(sin, (long)t * d + i, dtype);
+                float p = a[i] * c, r = (i < half ? -a[i + half] : a[i - half]) * s;
+                if (dtype == 1) {
+                    p = bf16_to_f32(f32_to_bf16(p));
+                    r = bf16_to_f32(f32_to_bf16(r));
+                } else if (dtype == 2) {
+                    p = (float)(_Float16)p;
+                    r = (float)(_Float16)r;
+                }
+                store(x, base + i, p + r, dtype);
+            }
+        }
+    }
+}
