@@ -238,6 +238,16 @@ void rms_norm(const void* x, const void* w, void* out, int rows, int n, float ep
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (rows > 16)
     for (int r = 0; r < rows; r++) {
         const long base = (long)r * n;
+        if (dtype == 0) {  // fp32: plain loops the compiler vectorises
+            const float* xr = (const float*)x + base;
+            const float* wr = (const float*)w;
+            float* o = (float*)out + base;
+            float sq = 0.f;
+            for (int i = 0; i < n; i++) sq += xr[i] * xr[i];
+            const float k = 1.f / sqrtf(sq / n + eps);
+            for (int i = 0; i < n; i++) o[i] = wr[i] * (xr[i] * k);
+            continue;
+        }
         float ss = 0.f;
         for (int i = 0; i < n; i++) {
             const float a = load(x, base + i, dtype);
@@ -259,6 +269,13 @@ void silu_and_mul(const void* x, void* out, int rows, int n, int dtype, int num_
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (rows > 16)
     for (int r = 0; r < rows; r++) {
         const long in = (long)r * 2 * n, o = (long)r * n;
+        if (dtype == 0) {  // fp32: a plain loop, vectorised with glibc's vector expf
+            const float* g = (const float*)x + in;
+            const float* u = g + n;
+            float* y = (float*)out + o;
+            for (int i = 0; i < n; i++) y[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+            continue;
+        }
         for (int i = 0; i < n; i++) {
             const float g = load(x, in + i, dtype);
             float s = g / (1.f + expf(-g));
@@ -281,6 +298,15 @@ void rotary(void* x, long row_stride, int tokens, int heads, int d, const void* 
         for (int h = 0; h < heads; h++) {
             const long base = (long)t * row_stride + (long)h * d;
             float a[512];  // the row before rotation (d <= 512)
+            if (dtype == 0) {  // fp32: the two halves as plain loops
+                float* r = (float*)x + base;
+                const float* c = (const float*)cos + (long)t * d;
+                const float* sn = (const float*)sin + (long)t * d;
+                memcpy(a, r, sizeof(float) * d);
+                for (int i = 0; i < half; i++) r[i] = a[i] * c[i] - a[i + half] * sn[i];
+                for (int i = half; i < d; i++) r[i] = a[i] * c[i] + a[i - half] * sn[i];
+                continue;
+            }
             for (int i = 0; i < d; i++) a[i] = load(x, base + i, dtype);
             for (int i = 0; i < d; i++) {
                 const float c = load(cos, (long)t * d + i, dtype), s = load(sin, (long)t * d + i, dtype);
