@@ -220,6 +220,13 @@ def main() -> None:
         )
     meta = {k: getattr(args, k) for k in ("model", "dataset", "num_requests", "dtype", "threads", "seed")}
     meta.update(model_dir=str(model_dir), cpu_count=os.cpu_count())
+    from paged.cpu_features import describe
+
+    cpu = (
+        describe()
+    )  # the CPU model and its vector flags: results differ by kind of CPU (AVX2 vs AVX-512 BF16)
+    meta.update(cpu=cpu["cpu"], vector_flags=cpu["vector_flags"])
+    print(f"{cpu['cpu']}, {os.cpu_count()} CPUs; vector flags: {' '.join(cpu['vector_flags'])}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         req_path = Path(tmp) / "requests.json"
