@@ -24,7 +24,11 @@ import torch
 SOURCE = Path(__file__).parent / "csrc" / "paged_decode.c"
 # -ffast-math: reassociated (vectorised) dot products and glibc's vector expf; the kernel has no
 # infinities or NaNs to preserve (no masking: each sequence reads exactly its context).
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# PAGELAB_NATIVE_MARCH picks the instruction set instead of the build machine's own (-march=native):
+# x86-64-v2 (SSE4.2, the portable path), x86-64-v3 (AVX2 + FMA), x86-64-v4 (AVX-512); the tests build
+# and check each one this processor can run (tests/test_native_isa.py).
+MARCH = os.environ.get("PAGELAB_NATIVE_MARCH", "native")
+FLAGS = ["-O3", f"-march={MARCH}", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 CACHE = Path(os.environ.get("PAGELAB_CACHE", Path.home() / ".cache" / "pagelab")) / "kernels"
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
