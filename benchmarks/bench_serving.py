@@ -277,7 +277,10 @@ def main() -> None:
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
-                spy.wait(60)
+                try:
+                    spy.wait(60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
@@ -286,6 +289,8 @@ def main() -> None:
     print(json.dumps(out["results"], indent=1))
     if args.profile:
         raw = Path(args.profile).with_suffix(".raw.txt")
+        if not raw.exists():
+            sys.exit(f"error: py-spy wrote no samples ({raw}): was pagelab in --servers, may py-spy attach?")
         profile = {"machine": out["machine"], "args": vars(args), "results": out["results"]}
         profile["threads"] = summarize_profile(raw)
         atomic_write(args.profile, json.dumps(profile, indent=2) + "\n")

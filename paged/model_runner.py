@@ -290,9 +290,8 @@ class ModelRunner:
             return mlp(x)
         if self._native and self._silu and x.dim() == 2:
             from pagelab_kernels import cpu_native
-            from pagelab_kernels.cpu_linear import linear
 
-            return mlp.down_proj(cpu_native.silu_and_mul(linear(x, fused.packed, fused.bias)))
+            return mlp.down_proj(cpu_native.silu_and_mul(fused(x, split=False)))
         gate, up = fused(x)
         return mlp.down_proj(mlp.act_fn(gate) * up)
 
@@ -331,9 +330,8 @@ class ModelRunner:
         if self._native and fused is not None and cos.shape[-1] == self.head_dim:
             # One GEMM, then the rotary embedding in place on its query and key columns (native).
             from pagelab_kernels import cpu_native
-            from pagelab_kernels.cpu_linear import linear
 
-            qkv = linear(x, fused.packed, fused.bias)
+            qkv = fused(x, split=False)
             nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
             cpu_native.rotary(qkv, self.num_heads, cos[0], sin[0])
             cpu_native.rotary(qkv[:, nq:], self.num_kv_heads, cos[0], sin[0])
@@ -408,9 +406,10 @@ class ModelRunner:
         result is only valid until the next forward."""
         w = self.model.lm_head.weight
         n, vocab = h.shape[0], w.shape[0]
-        if self._head_buf is None or self._head_buf.shape[0] < n:
-            rows = max(n, 2 * (0 if self._head_buf is None else self._head_buf.shape[0]))
-            self._head_buf = torch.empty(rows, vocab, dtype=h.dtype, device=h.device)
+        if self._logits_buf is None or self._logits_buf.shape[0] < n:
+            rows = max(n, 2 * (0 if self._logits_buf is None else self._logits_buf.shape[0]))
+            if self._head_packed is None:  # the packed GEMM returns its own output
+                self._head_buf = torch.empty(rows, vocab, dtype=h.dtype, device=h.device)
             self._logits_buf = torch.empty(rows, vocab, dtype=torch.float32, device=h.device)
         if self._head_packed is not None:
             from pagelab_kernels.cpu_linear import linear

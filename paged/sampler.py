@@ -99,7 +99,9 @@ class Sampler:
         # Plain temperature sampling from the shared generator (no seed, top-k, top-p): one batched
         # draw for all such rows instead of a softmax and a draw per row.
         plain = [r for g, entries in zip(groups, rows) if _plain(g.sampling_params) for _, r in entries]
-        drawn = self._sample_plain(logits, groups, rows, plain) if plain else {}
+        # One draw per sequence, in `plain`'s order: siblings that share a row (a request's n
+        # samples at admission) each get their own token.
+        drawn = iter(self._sample_plain(logits, groups, rows, plain) if plain else [])
         outputs: list[list[Sample]] = []
         for group, entries in zip(groups, rows):
             params = group.sampling_params
@@ -108,7 +110,7 @@ class Sampler:
             elif params.temperature == 0:
                 outputs.append([Sample(s.seq_id, greedy_tokens[r], greedy_lp[r]) for s, r in entries])
             elif _plain(params):
-                outputs.append([Sample(s.seq_id, *drawn[r]) for s, r in entries])
+                outputs.append([Sample(s.seq_id, *next(drawn)) for s, _ in entries])
             else:
                 gen = self._generator(group)
                 outputs.append(
@@ -118,9 +120,10 @@ class Sampler:
             attach_logprobs(logits, groups, rows, outputs, logprobs)
         return outputs
 
-    def _sample_plain(self, logits, groups, rows, plain: list[int]) -> dict[int, tuple[int, float]]:
-        """Rows `plain` sampled at their groups' temperatures in one multinomial draw: row -> (token,
-        its log-probability under the unscaled distribution)."""
+    def _sample_plain(self, logits, groups, rows, plain: list[int]) -> list[tuple[int, float]]:
+        """Rows `plain` (one entry per sequence; siblings may share a row) sampled at their groups'
+        temperatures in one draw: (token, its log-probability under the unscaled distribution) per
+        entry, in order."""
         temps = [
             g.sampling_params.temperature
             for g, e in zip(groups, rows)
@@ -131,7 +134,7 @@ class Sampler:
         probs = torch.softmax(x / torch.tensor(temps, dtype=x.dtype)[:, None], dim=-1)
         tokens = draw(probs, self.generator)
         lp = (x.gather(1, tokens) - torch.logsumexp(x, dim=-1, keepdim=True))[:, 0]
-        return dict(zip(plain, zip(tokens[:, 0].tolist(), lp.tolist())))
+        return list(zip(tokens[:, 0].tolist(), lp.tolist()))
 
     def _generator(self, group: SequenceGroup) -> torch.Generator:
         seed = group.sampling_params.seed

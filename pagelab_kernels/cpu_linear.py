@@ -80,8 +80,11 @@ class FusedLinear(nn.Module):
                 ]
             )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return linear(x, self.packed, self.bias).split(self.sizes, dim=-1)
+    def forward(self, x: torch.Tensor, split: bool = True):
+        """The outputs, or with split=False the one [..., sum of outputs] tensor (called as the module
+        either way, so timing hooks see it)."""
+        y = linear(x, self.packed, self.bias)
+        return y.split(self.sizes, dim=-1) if split else y
 
 
 class FusedPart(nn.Module):

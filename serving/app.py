@@ -83,16 +83,17 @@ class Generation:
             for i in update.new_tokens:
                 if self.finish_reason[i] is None:
                     seq = update.group.seqs[i]
-                    delta = self._advance(i, seq.output_token_ids, hold, final=False)
+                    tokens = seq.output_token_ids  # read once: the engine thread keeps appending
+                    delta = self._advance(i, tokens, hold, final=False)
                     if delta:
-                        yield i, delta, self._new_logprobs(i, seq)
+                        yield i, delta, self._new_logprobs(i, seq, tokens)
             if update.finished:
                 self.done = True
                 for i, seq in enumerate(update.group.seqs[: len(self.text)]):  # flush what was held back
-                    delta = ""
+                    delta, tokens = "", seq.output_token_ids
                     if self.finish_reason[i] is None:
-                        delta = self._advance(i, seq.output_token_ids, hold, final=True)
-                    logprobs = self._new_logprobs(i, seq)
+                        delta = self._advance(i, tokens, hold, final=True)
+                    logprobs = self._new_logprobs(i, seq, tokens)
                     if delta or logprobs:
                         yield i, delta, logprobs
                 self._finish(update.group)
@@ -100,12 +101,12 @@ class Generation:
                 self.state.engine.abort(self.group.request_id)  # every sequence hit a stop string
         yield None
 
-    def _new_logprobs(self, i: int, seq) -> list[tuple[int, dict]] | None:
-        """Sequence i's (token, {token: logprob}) pairs not sent yet, up to its stop string's token."""
+    def _new_logprobs(self, i: int, seq, tokens: list[int]) -> list[tuple[int, dict]] | None:
+        """Sequence i's (token, {token: logprob}) pairs not sent yet among `tokens` (its output tokens
+        as the text was decoded from them), up to its stop string's token."""
         if self.group.sampling_params.logprobs is None:
             return None
         kept = seq.output_logprobs or []  # the engine thread appends a token's entry before the token
-        tokens = seq.output_token_ids
         end = min(len(kept), len(tokens))
         if self.stop_tokens[i] is not None:
             end = min(end, self.stop_tokens[i])

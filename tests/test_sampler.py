@@ -79,3 +79,14 @@ def test_top_k_and_top_p_rows_never_draw_an_excluded_token():
         share = tokens.count(0) / n
         expected = float(torch.softmax(base[:2], -1)[0])
         assert abs(share - expected) < 0.03  # about 3.5 standard deviations
+
+
+def test_siblings_sharing_a_row_draw_their_own_tokens():
+    """At admission a request's n sequences read one logits row (ModelRunner.prepare): each must
+    still get its own draw."""
+    torch.manual_seed(0)
+    logits = torch.zeros(1, 1000)  # uniform: 8 equal draws would be a 1e-24 coincidence
+    group = SequenceGroup("0", [1, 2], SamplingParams(temperature=1.0, n=8))
+    rows = [[(s, 0) for s in group.seqs]]
+    samples = Sampler(seed=0).sample(logits, [group], rows)[0]
+    assert len({s.token_id for s in samples}) > 1
