@@ -1,4 +1,4 @@
-"""The CPU path's three measured fixes, each against what it replaced, side by side in one run.
+"""The CPU path's measured fixes, each against what it replaced, side by side in one run.
 
     python benchmarks/bench_cpu_ops.py
     python benchmarks/bench_cpu_ops.py --linear   # 4. alone
@@ -85,12 +85,16 @@ def prefill() -> None:
 
 
 def main() -> None:
-    import sys
+    import argparse
 
-    if "--prefill" in sys.argv[1:]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--linear", action="store_true", help="only 4: packed oneDNN linears vs F.linear")
+    ap.add_argument("--prefill", action="store_true", help="only 5: prefill sub-batches (loads SmolLM2)")
+    args = ap.parse_args()
+    if args.prefill:
         prefill()
         return
-    if "--linear" in sys.argv[1:]:
+    if args.linear:
         linears()
         return
     from pagelab_kernels import cpu_native

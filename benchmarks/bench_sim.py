@@ -111,15 +111,9 @@ PANELS = [
 
 def machine() -> str:
     """The CPU this ran on (absolute times mean little without it)."""
-    import platform
+    from paged.cpu_features import cpu_model
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} CPUs"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs"
 
 
 def _point(job) -> dict:

@@ -135,8 +135,8 @@ class ModelRunner:
             self.layers, self.final_norm = dec.layers, dec.final_layer_norm
         else:
             self.layers, self.final_norm = hf_model.model.layers, hf_model.model.norm
-        # CPU: LLaMA's RMSNorm and SwiGLU's silu * up as one native pass each (pagelab_kernels/
-        # cpu_native.py), where the C kernel built; elsewhere transformers' modules.
+        # CPU: LLaMA's RMSNorm, SwiGLU's silu * up and the rotary embedding as one native pass each
+        # (pagelab_kernels/cpu_native.py), where the C kernel built; elsewhere transformers' modules.
         self._native = self.device.type == "cpu" and _native_available()
         self._silu = getattr(cfg, "hidden_act", None) == "silu"
         # CPU only: big prompt steps run in sub-batches (forward); a GPU wants the whole batch.

@@ -98,10 +98,15 @@ class Sampler:
             logprobs = torch.log_softmax(logits, dim=-1)
         # Plain temperature sampling from the shared generator (no seed, top-k, top-p): one batched
         # draw for all such rows instead of a softmax and a draw per row.
-        plain = [r for g, entries in zip(groups, rows) if _plain(g.sampling_params) for _, r in entries]
-        # One draw per sequence, in `plain`'s order: siblings that share a row (a request's n
-        # samples at admission) each get their own token.
-        drawn = iter(self._sample_plain(logits, groups, rows, plain) if plain else [])
+        # One draw per sequence, in order: siblings that share a row (a request's n samples at
+        # admission) each get their own token.
+        plain = [
+            (r, g.sampling_params.temperature)
+            for g, entries in zip(groups, rows)
+            if _plain(g.sampling_params)
+            for _, r in entries
+        ]
+        drawn = iter(self._sample_plain(logits, plain) if plain else [])
         outputs: list[list[Sample]] = []
         for group, entries in zip(groups, rows):
             params = group.sampling_params
@@ -120,17 +125,11 @@ class Sampler:
             attach_logprobs(logits, groups, rows, outputs, logprobs)
         return outputs
 
-    def _sample_plain(self, logits, groups, rows, plain: list[int]) -> list[tuple[int, float]]:
-        """Rows `plain` (one entry per sequence; siblings may share a row) sampled at their groups'
-        temperatures in one draw: (token, its log-probability under the unscaled distribution) per
-        entry, in order."""
-        temps = [
-            g.sampling_params.temperature
-            for g, e in zip(groups, rows)
-            if _plain(g.sampling_params)
-            for _ in e
-        ]
-        x = logits[plain]
+    def _sample_plain(self, logits, plain: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """(logits row, temperature) per sequence, siblings possibly sharing a row, sampled in one
+        draw: (token, its log-probability under the unscaled distribution) per entry, in order."""
+        x = logits[[r for r, _ in plain]]
+        temps = [t for _, t in plain]
         probs = torch.softmax(x / torch.tensor(temps, dtype=x.dtype)[:, None], dim=-1)
         tokens = draw(probs, self.generator)
         lp = (x.gather(1, tokens) - torch.logsumexp(x, dim=-1, keepdim=True))[:, 0]

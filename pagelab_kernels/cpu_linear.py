@@ -22,8 +22,8 @@ import os
 import torch
 from torch import nn
 
-# The batch size oneDNN is told to expect when choosing the packed layout; any batch runs with it
-# (measured: 1 to 1024 rows within a few percent of a layout chosen for that size).
+# The batch size oneDNN is told to expect when choosing the packed layout (vLLM's CPU backend uses
+# 32 too); any batch size runs with it.
 BATCH_HINT = 32
 DTYPES = (torch.float32, torch.bfloat16)
 

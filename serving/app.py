@@ -73,8 +73,9 @@ class Generation:
         """(index, text delta, logprobs) as tokens arrive, then None when finished. A stop string ends
         its sequence's text before it (and, once every sequence has ended, the request); text that
         could still begin a stop string is held back until it cannot, or the sequence ends. logprobs:
-        the (token, top) pairs of the tokens since the last delta (None when not asked for): tokens
-        whose text is held back send theirs with the next delta."""
+        the (token, top) pairs of every token decoded since the last delta (None when not asked
+        for), so a chunk's logprobs may include tokens whose text is still held back; a token that
+        yields no text yet sends its entry with the next chunk."""
         hold = max((len(s) for s in self.stop), default=1) - 1
         while not self.done:
             update = await self.queue.get()
