@@ -5,19 +5,26 @@ exactly the same requests. Lengths come from the paper artifact's real ShareGPT 
 (`sharegpt`, sampled exactly as the artifact's trace generator does: harness/datasets.py), from built-in
 distributions derived from real traces (harness/data/length_tables.json, made by
 scripts/derive_length_tables.py; docs/workloads.md) or from a user's own files; arrivals are the
-artifact's Poisson process per 10 ms, or Poisson / gamma gaps (vLLM's burstiness). Outputs ignore EOS:
+artifact's Poisson process per 10 ms, or Poisson / gamma gaps (vLLM's burstiness), or a real trace's own
+(the Azure LLM inference traces, BurstGPT), rescaled in time to any mean rate. Outputs ignore EOS:
 each request generates exactly its trace's output length, as in vLLM's benchmarks and the paper.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
+import logging
 import math
-from collections.abc import Callable
+import os
+import re
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -38,6 +45,8 @@ from harness.results import atomic_open
 from paged import SamplingParams, SequenceGroup, SharedPrefix
 
 __all__ = ["WorkloadError"]  # defined in harness.datasets, raised by both
+
+log = logging.getLogger(__name__)
 
 TABLES_FILE = Path(__file__).parent / "data" / "length_tables.json"
 # Dataset names. `sharegpt`: the artifact's real length pairs (a data file, harness/datasets.py). The
@@ -71,6 +80,10 @@ class Workload:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    def mean_rate(self) -> float:
+        """The requests' mean arrival rate, requests/s (mean_rate: (N - 1) / span of arrival times)."""
+        return mean_rate([r.arrival_time for r in self.requests])
 
     def save(self, path: str | Path) -> None:
         """JSON lines: a header line with the metadata, then one request per line (atomic write)."""
@@ -343,7 +356,7 @@ def chatbot(
 
 
 # ---------------------------------------------------------------------- a user's files
-def _fail(path, line, field_name, problem):
+def _fail(path, line, field_name, problem) -> NoReturn:
     raise WorkloadError(f"{path}:{line}: field {field_name!r}: {problem}")
 
 
@@ -366,18 +379,38 @@ OUTPUT_COLUMNS = ("num_decode_tokens", "output_len")
 TIME_COLUMNS = ("arrived_at", "arrival_time", "timestamp")
 
 
-def _read_csv(path: str | Path) -> list[tuple[int, dict]]:
+def _csv_header(path: str | Path) -> list[str]:
+    """A CSV's column names, from its first line (a leading byte-order mark and spaces dropped)."""
     path = Path(path)
     if not path.is_file():
         raise WorkloadError(f"{path}: no such file")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise WorkloadError(f"{path}:1: empty file, expected a header line")
-        rows = [(i + 2, row) for i, row in enumerate(reader)]
-    for line, row in rows:
-        if None in row or any(v is None for v in row.values()):
-            raise WorkloadError(f"{path}:{line}: wrong number of fields for the header")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise WorkloadError(f"{path}:1: empty file, expected a header line")
+    return [h.strip() for h in header]
+
+
+def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row by column name) of a CSV with a header line, one row at a time (a published
+    trace has millions); blank lines are skipped, a row with the wrong number of fields fails."""
+    header = _csv_header(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise WorkloadError(
+                    f"{path}:{reader.line_num}: wrong number of fields for the header "
+                    f"({len(row)}, the header has {len(header)})"
+                )
+            yield reader.line_num, dict(zip(header, row))
+
+
+def _read_csv(path: str | Path) -> list[tuple[int, dict]]:
+    rows = list(_csv_rows(path))
     if not rows:
         raise WorkloadError(f"{path}: no requests after the header")
     return rows
@@ -403,30 +436,286 @@ def load_lengths_csv(
     return Workload(requests, dict(kind="lengths_csv", path=str(path), rate=rate, seed=seed))
 
 
-def load_trace_csv(path: str | Path) -> Workload:
-    """A CSV trace with timestamps: arrived_at (seconds), num_prefill_tokens, num_decode_tokens."""
-    rows = _read_csv(path)
-    requests = []
-    for ln, row in rows:
-        name = next((c for c in TIME_COLUMNS if c in row), None)
-        if name is None:
-            _fail(path, ln, TIME_COLUMNS[0], f"missing; expected one of {', '.join(TIME_COLUMNS)}")
-        try:
-            t = float(row[name])
-        except ValueError:
-            _fail(path, ln, name, f"expected seconds, got {row[name]!r}")
-        if not math.isfinite(t) or t < 0:
-            _fail(path, ln, name, f"expected seconds >= 0, got {row[name]!r}")
-        requests.append(
-            Request(
-                str(len(requests)),
-                t,
-                _int_field(row, PROMPT_COLUMNS, path, ln),
-                _int_field(row, OUTPUT_COLUMNS, path, ln),
-            )
+# ---------------------------------------------------------------------- timestamped traces
+# kind=trace_csv reads three formats, told apart by the header (docs/workloads.md, "Timestamped traces"):
+# pagelab's own (TIME_COLUMNS + PROMPT_COLUMNS + OUTPUT_COLUMNS, seconds), the Azure LLM inference traces
+# 2023/2024 (date-times) and BurstGPT (seconds from the trace start; later releases add Session ID and
+# Elapsed time columns, which are not read).
+TRACE_FORMATS = ("auto", "pagelab", "azure", "burstgpt")
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
+TRACE_HEADERS = {
+    "pagelab": "arrived_at,num_prefill_tokens,num_decode_tokens",
+    "azure": ",".join(AZURE_COLUMNS),
+    "burstgpt": "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
+}
+
+
+def detect_trace_format(path: str | Path, trace_format: str = "auto") -> str:
+    """The format of a timestamped trace: the one its header has the columns of ("auto"), or the one
+    named, checked against the header. Errors name the file, line 1, the column and the fix."""
+    if trace_format not in TRACE_FORMATS:
+        raise WorkloadError(
+            f"unknown trace format {trace_format!r}: choose one of {', '.join(TRACE_FORMATS)}"
         )
-    requests.sort(key=lambda r: r.arrival_time)
-    return Workload(requests, dict(kind="trace_csv", path=str(path)))
+    header = _csv_header(path)
+    required = {
+        "pagelab": next(((c,) for c in TIME_COLUMNS if c in header), (TIME_COLUMNS[0],)),
+        "azure": AZURE_COLUMNS,
+        "burstgpt": BURSTGPT_COLUMNS,
+    }
+    if trace_format == "auto":
+        # BurstGPT first: its Timestamp must not be mistaken for a pagelab time column.
+        for fmt in ("burstgpt", "azure", "pagelab"):
+            if all(c in header for c in required[fmt]):
+                return fmt
+        known = "; ".join(f"{fmt}: {cols}" for fmt, cols in TRACE_HEADERS.items())
+        raise WorkloadError(
+            f"{path}:1: header {','.join(header)!r} is no timestamped trace format pagelab reads ({known}); "
+            "rename the columns, or use kind=lengths_csv for a file without times"
+        )
+    missing = [c for c in required[trace_format] if c not in header]
+    if missing:
+        raise WorkloadError(
+            f"{path}:1: field {missing[0]!r}: missing from the header {','.join(header)!r}, which "
+            f"trace_format={trace_format} needs ({TRACE_HEADERS[trace_format]}); fix the header or use "
+            "trace_format=auto"
+        )
+    return trace_format
+
+
+def _seconds_field(row: dict, name: str, path, line) -> float:
+    raw = row[name]
+    try:
+        t = float(raw)
+    except ValueError:
+        _fail(path, line, name, f"expected seconds, got {raw!r}")
+    if not math.isfinite(t) or t < 0:
+        _fail(path, line, name, f"expected seconds >= 0, got {raw!r}")
+    return t
+
+
+# Azure's timestamps: "2023-11-16 18:15:46.6805900", 7 fractional digits (100 ns ticks), more than
+# Python's datetime keeps (and fromisoformat reads them only from 3.11); an offset is allowed.
+_DATETIME = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?")
+
+
+@lru_cache(maxsize=1024)
+def _day_number(date: str) -> int:
+    return dt.date.fromisoformat(date).toordinal()
+
+
+def _datetime_field(row: dict, name: str, path, line) -> tuple[int, float]:
+    """A date-time as (whole seconds since 0001-01-01 UTC, fraction of a second), so that differences
+    keep all 7 fractional digits. A time without an offset is taken as UTC."""
+    raw = row[name].strip()
+    m = _DATETIME.fullmatch(raw)
+    if m:
+        date, hh, mm, ss, frac, tz = m.groups()
+        try:
+            day = _day_number(date)
+        except ValueError:
+            day = None
+        h, mi, s = int(hh), int(mm), int(ss)
+        if day is not None and h < 24 and mi < 60 and s < 60:
+            offset = 0
+            if tz and tz != "Z":
+                digits = tz[1:].replace(":", "")
+                offset = (-1 if tz[0] == "-" else 1) * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+            return day * 86400 + h * 3600 + mi * 60 + s - offset, float(f"0.{frac}") if frac else 0.0
+    _fail(path, line, name, f"expected a date-time like 2023-11-16 18:15:46.6805900, got {raw!r}")
+
+
+@lru_cache(maxsize=4)
+def _parsed_trace(path: str, mtime_ns: int, size: int, fmt: str, model: str | None) -> tuple:
+    """A trace's kept rows in file order: (arrival times in s, prompt lengths, output lengths) as read-only
+    arrays, and counts of the rows skipped. Cached while the file is unchanged (a sweep builds every
+    point's trace from it). pagelab's times are kept as written; the published formats' are made
+    relative to their earliest kept request."""
+    # Packed arrays, not lists: the 2024 Azure traces have tens of millions of rows. Azure's seconds are
+    # whole (int64), its fractions apart; the other formats' seconds are floats.
+    seconds = array("q" if fmt == "azure" else "d")
+    fractions, prompts, outputs = array("d"), array("q"), array("q")
+    num_rows = num_failed = num_other_model = 0
+    models: dict[str, int] = {}
+    for ln, row in _csv_rows(path):
+        num_rows += 1
+        if fmt == "pagelab":
+            name = next(c for c in TIME_COLUMNS if c in row)
+            seconds.append(_seconds_field(row, name, path, ln))
+            prompts.append(_int_field(row, PROMPT_COLUMNS, path, ln))
+            outputs.append(_int_field(row, OUTPUT_COLUMNS, path, ln))
+            continue
+        if fmt == "burstgpt":
+            row_model = row["Model"].strip()
+            models[row_model] = models.get(row_model, 0) + 1
+            if model is not None and row_model.lower() != model.lower():
+                num_other_model += 1
+                continue
+            t, frac = _seconds_field(row, "Timestamp", path, ln), 0.0
+            p = _int_field(row, ("Request tokens",), path, ln)
+            o = _int_field(row, ("Response tokens",), path, ln)
+        else:
+            t, frac = _datetime_field(row, "TIMESTAMP", path, ln)
+            p = _int_field(row, ("ContextTokens",), path, ln)
+            o = _int_field(row, ("GeneratedTokens",), path, ln)
+        if o == 0:  # a failed request (BurstGPT's Response tokens 0); a request generates >= 1 token
+            num_failed += 1
+            continue
+        seconds.append(t)
+        fractions.append(frac)
+        prompts.append(p)
+        outputs.append(o)
+    if model is not None and num_rows and num_other_model == num_rows:
+        seen = ", ".join(f"{name} ({count})" for name, count in sorted(models.items()))
+        raise WorkloadError(
+            f"{path}: no row has Model {model!r} (the file's models: {seen}); fix workload.trace_model"
+        )
+    if not seconds:
+        failed = f" ({num_failed} skipped: no output tokens)" if num_failed else ""
+        raise WorkloadError(f"{path}: no requests after the header{failed}")
+    if fmt == "azure":  # whole seconds first, then the fractions: no precision lost to the epoch
+        whole = np.frombuffer(seconds, dtype=np.int64)
+        times = (whole - whole.min()).astype(np.float64) + np.frombuffer(fractions, dtype=np.float64)
+    else:
+        times = np.array(seconds, dtype=np.float64)
+    if fmt != "pagelab":
+        times -= times.min()
+    if num_failed or num_other_model:
+        output_column = {"azure": "GeneratedTokens", "burstgpt": "Response tokens"}[fmt]
+        parts = [f"{num_failed} failed ({output_column} 0)"] if num_failed else []
+        if num_other_model:
+            parts.append(f"{num_other_model} of models other than {model}")
+        log.info(
+            "%s: skipped %d of %d rows: %s", path, num_failed + num_other_model, num_rows, ", ".join(parts)
+        )
+    arrays = (times, np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64))
+    for a in arrays:
+        a.setflags(write=False)
+    counts = dict(num_trace_rows=num_rows, num_skipped_failed=num_failed, num_skipped_model=num_other_model)
+    return (*arrays, counts)
+
+
+def mean_rate(times) -> float:
+    """Mean arrival rate in requests/s (docs/metrics.md, `actual_request_rate`): (N - 1) / (last arrival
+    - first arrival), one over the mean gap between consecutive arrivals. NaN for fewer than two
+    arrivals, infinite when they all arrive at once."""
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) < 2:
+        return float("nan")
+    span = float(t.max() - t.min())
+    return (len(t) - 1) / span if span > 0 else float("inf")
+
+
+def rescale_times(times, rate: float) -> np.ndarray:
+    """Arrival times multiplied by (their mean rate / rate), so that their mean rate is `rate`: the
+    order, the bursts and every ratio between gaps are kept."""
+    if rate <= 0 or not math.isfinite(rate):
+        raise WorkloadError(f"request rate must be a positive number of requests/s, got {rate}")
+    t = np.asarray(times, dtype=np.float64)
+    own = mean_rate(t)
+    if not (own > 0 and math.isfinite(own)):
+        raise WorkloadError(
+            f"cannot rescale {len(t)} arrival(s) to {rate:g} req/s: their mean rate is undefined (it needs "
+            "two arrivals at different times); keep the trace's own times (rescale=false)"
+        )
+    return t * (own / rate)
+
+
+def load_trace_csv(
+    path: str | Path,
+    rate: float | None = None,
+    duration_s: float | None = None,
+    trace_format: str = "auto",
+    model: str | None = None,
+) -> Workload:
+    """A timestamped trace (docs/workloads.md, "Timestamped traces"), in arrival order: pagelab's own CSV
+    (arrived_at,num_prefill_tokens,num_decode_tokens; seconds), the Azure LLM inference trace
+    (TIMESTAMP,ContextTokens,GeneratedTokens; date-times) or BurstGPT (Timestamp,Model,Request tokens,
+    Response tokens,...; seconds), told apart by the header unless `trace_format` names one.
+
+    rate: None keeps the trace's own times; a rate rescales them to that mean rate (rescale_times).
+    duration_s: None keeps every request; else those arriving before it (after rescaling).
+    model: BurstGPT only, keep the rows of this Model (e.g. ChatGPT, GPT-4; any case).
+    Rows with no output tokens (BurstGPT's failed requests) are skipped and counted in the log and meta.
+    A request's id is its row's index among the kept rows, in file order."""
+    fmt = detect_trace_format(path, trace_format)
+    if model is not None and fmt != "burstgpt":
+        raise WorkloadError(
+            f"{path}: a model filter (trace_model={model}) applies to BurstGPT's Model column, but this file "
+            f"is in the {fmt} format; unset trace_model"
+        )
+    st = os.stat(path)
+    times, prompts, outputs, counts = _parsed_trace(str(path), st.st_mtime_ns, st.st_size, fmt, model)
+    order = np.argsort(times, kind="stable")
+    own = mean_rate(times)
+    scaled = times[order] if rate is None else rescale_times(times[order], rate)
+    num = len(scaled) if duration_s is None else int(np.searchsorted(scaled, duration_s, side="left"))
+    if num == 0:
+        raise WorkloadError(
+            f"{path}: no request arrives before duration_s={duration_s:g} (the first at {scaled[0]:.3f} s); "
+            "raise duration_s"
+        )
+    if duration_s is not None and num == len(scaled):
+        log.info(
+            "%s: the trace ends at %.1f s, before duration_s=%g: all %d requests are replayed and the run "
+            "ends with them (the trace is not looped)",
+            path,
+            scaled[-1],
+            duration_s,
+            num,
+        )
+    requests = [
+        Request(str(i), float(t), int(prompts[i]), int(outputs[i])) for i, t in zip(order[:num], scaled[:num])
+    ]
+    meta = dict(
+        kind="trace_csv",
+        path=str(path),
+        format=fmt,
+        model=model,
+        rate=rate,
+        rescaled=rate is not None,
+        time_scale=1.0 if rate is None else own / rate,
+        trace_mean_rate=own,
+        trace_span_s=float(scaled[-1] - scaled[0]),
+        duration_s=duration_s,
+        **counts,
+        **_data_meta(Path(path)),
+    )
+    return Workload(requests, meta)
+
+
+def load_azure_csv(path: str | Path, rate: float | None = None, duration_s: float | None = None) -> Workload:
+    """The Azure LLM inference trace (TIMESTAMP,ContextTokens,GeneratedTokens): load_trace_csv."""
+    return load_trace_csv(path, rate, duration_s, "azure")
+
+
+def load_burstgpt_csv(
+    path: str | Path, rate: float | None = None, duration_s: float | None = None, model: str | None = None
+) -> Workload:
+    """BurstGPT (Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type): load_trace_csv."""
+    return load_trace_csv(path, rate, duration_s, "burstgpt", model)
+
+
+def trace_workload(
+    path: str | Path,
+    rate: float,
+    duration_s: float,
+    trace_format: str = "auto",
+    rescale: bool | None = None,
+    model: str | None = None,
+) -> Workload:
+    """An experiment's kind=trace_csv point: the trace at the sweep's `rate`, cut to `duration_s`.
+
+    rescale None: by format, true for the published formats (azure, burstgpt), false for pagelab's own,
+    which replays as it did before rescaling existed (its own times, the whole trace, the rate unused).
+    True: the arrival times rescaled to mean rate `rate`, then cut to duration_s. False: the trace's own
+    times, cut to duration_s (pagelab's own format: not cut)."""
+    fmt = detect_trace_format(path, trace_format)
+    if rescale is None:
+        rescale = fmt != "pagelab"
+    cut = duration_s if rescale or fmt != "pagelab" else None
+    return load_trace_csv(path, rate if rescale else None, cut, fmt, model)
 
 
 def load_sharegpt_json(
