@@ -41,6 +41,14 @@ class WorkloadConf:
     # it is looked for); sharegpt_synthetic | alpaca | chatbot: built-in length tables
     dataset: str = "sharegpt"
     path: str | None = None  # a user's CSV for lengths_csv / trace_csv
+    # trace_csv: the file's format, auto (by its header) | pagelab (arrived_at,...) | azure (Azure LLM
+    # inference trace) | burstgpt (docs/workloads.md, "Timestamped traces")
+    trace_format: str = "auto"
+    # trace_csv: true rescales arrival times to the sweep's request rate as the trace's mean rate (order
+    # and burst shape kept), then cuts at duration_s; false keeps the trace's own times; null: true for
+    # azure and burstgpt, false for pagelab's own format (as before: its own times, the whole trace)
+    rescale: bool | None = None
+    trace_model: str | None = None  # burstgpt: keep only this Model's rows (ChatGPT, GPT-4); null: all
     data_path: str | None = None  # the ShareGPT length-pairs CSV; null: $PAGELAB_DATA, ../shared/data
     arrivals: str = "default"  # poisson | artifact (Poisson per 10 ms quantum); default: by dataset
     seed: int = 0
@@ -66,6 +74,47 @@ class BackendConf:
 
 
 @dataclass
+class SLOConf:
+    """Service-level objectives (docs/metrics.md, "SLOs and goodput"): a request meets them when it
+    completed and every latency given a limit is at most it (vLLM's `--goodput`); null: not checked.
+    With any limit set, points.csv gains slo_attainment and request_goodput, the capacity table the SLO
+    capacity, and the run the SLO plots."""
+
+    ttft_s: float | None = None  # time to first token, s (vLLM's ttft)
+    # time per output token after the first, s: (e2e - ttft) / (output tokens - 1); a 1-token output
+    # has none and meets it, as in vLLM (vLLM's tpot)
+    tpot_s: float | None = None
+    e2e_s: float | None = None  # end-to-end latency, s (vLLM's e2el)
+    # SLO attainment a rate must reach to count as sustained: the share of all its requests (rejected
+    # and unfinished ones included) that meet every limit
+    target: float = 0.9
+
+    def limits(self) -> dict[str, float]:
+        """The limits given, by name (ttft_s, tpot_s, e2e_s)."""
+        given = {"ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s}
+        return {k: v for k, v in given.items() if v is not None}
+
+    def describe(self) -> str:
+        """The limits in words, for tables and plots: "TTFT <= 1 s, TPOT <= 0.1 s"."""
+        names = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E latency"}
+        return ", ".join(f"{names[k]} <= {v:g} s" for k, v in self.limits().items())
+
+
+@dataclass
+class CapacitySearchConf:
+    """Find each system's SLO capacity by bisection on the request rate instead of running the
+    request_rates grid (harness.capacity.RateBisection; docs/harness.md). Needs an SLO (slo.*)."""
+
+    enabled: bool = False
+    low: float | None = None  # req/s, the first rate run; null: the lowest rate of the system's grid
+    high: float | None = None  # req/s, the second; null: the highest rate of the system's grid
+    # stop when the bracket [met, missed] is at most max(rel_tol x met, abs_tol) req/s wide
+    rel_tol: float = 0.05
+    abs_tol: float = 0.0
+    max_runs: int = 12  # points per system and sweep value at most, low and high included
+
+
+@dataclass
 class Config:
     """One experiment: a grid of points (system x request rate x sweep values), each a full run."""
 
@@ -84,6 +133,8 @@ class Config:
     duration_s: float = 3600.0  # trace length
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE
     capacity_threshold: float = 0.5  # s/token: capacity is the highest rate below it
+    slo: SLOConf = field(default_factory=SLOConf)  # SLOs: attainment, goodput, SLO capacity
+    capacity_search: CapacitySearchConf = field(default_factory=CapacitySearchConf)
     # sim backend: how beam search's parents are drawn (paged/beam_model.py): calibrated | uniform
     beam_model: str = "calibrated"
     memory_every: int = 4  # Figure 2 accounting every k-th step (an unbiased sample)

@@ -1,6 +1,6 @@
-"""Run an experiment: every point of its grid (system x request rate x sweep values), written as it
-finishes, then the capacity table and the plots. Takes the plain `harness.config.Config`; Hydra stays in
-harness/__main__.py.
+"""Run an experiment: every point of its grid (system x request rate x sweep values), or of its capacity
+searches (a bisection on the rate per system and sweep values), written as it finishes, then the capacity
+table and the plots. Takes the plain `harness.config.Config`; Hydra stays in harness/__main__.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from baselines import SYSTEMS
-from harness.capacity import capacity
+from harness.capacity import RateBisection, capacity, slo_bracket, slo_capacity
 from harness.config import SWEEPABLE, Config
-from harness.metrics import ARTIFACT_COLUMNS, artifact_metrics, check_window, step_series
+from harness.metrics import (
+    ARTIFACT_COLUMNS,
+    SLO_COLUMNS,
+    artifact_metrics,
+    check_window,
+    slo_metrics,
+    step_series,
+)
 from harness.overload import OverloadStop
 from harness.results import (
     POINT_COLUMNS,
@@ -29,7 +36,7 @@ from harness.results import (
 )
 from harness.simulate import BACKENDS, SimConfig, build, simulate
 from harness.step_series import save_series, series_path
-from harness.workload import Workload, chatbot, load_lengths_csv, load_trace_csv, shared_prefix, synthetic
+from harness.workload import Workload, chatbot, load_lengths_csv, shared_prefix, synthetic, trace_workload
 from paged.block_manager import BlockManager
 
 
@@ -79,6 +86,12 @@ def validate(cfg: Config) -> None:
     if any(not r > 0 for r in cfg.request_rates):
         raise ExperimentError(f"request_rates must be positive req/s, got {list(cfg.request_rates)}")
     workload_keys = {f.name for f in fields(cfg.workload)} - {"by_system"}
+    w = cfg.workload
+    if w.kind != "trace_csv" and (w.trace_format != "auto" or w.rescale is not None or w.trace_model):
+        raise ExperimentError(
+            f"workload.trace_format, rescale and trace_model apply to workload.kind=trace_csv, not {w.kind}: "
+            "unset them or use kind=trace_csv"
+        )
     for system, overrides in cfg.workload.by_system.items():
         if system not in SYSTEMS:
             raise ExperimentError(
@@ -124,6 +137,22 @@ def validate(cfg: Config) -> None:
             raise ExperimentError(
                 f"block_size {bs} is not a power of two, which the contiguous baselines need"
             )
+    bad = {k: v for k, v in cfg.slo.limits().items() if not v > 0}
+    if bad:
+        raise ExperimentError(f"SLO limits are positive seconds (or null: not checked), got {bad}")
+    if not 0 < cfg.slo.target <= 1:
+        raise ExperimentError(f"slo.target is a share of requests in (0, 1], e.g. 0.9, got {cfg.slo.target}")
+    if cfg.capacity_search.enabled:
+        if not cfg.slo.limits():
+            raise ExperimentError(
+                "capacity_search needs an SLO to search against: set at least one of slo.ttft_s, "
+                "slo.tpot_s, slo.e2e_s (e.g. slo.ttft_s=1 slo.tpot_s=0.1)"
+            )
+        for system in cfg.systems:
+            try:
+                bisection(cfg, system)
+            except ValueError as e:
+                raise ExperimentError(f"capacity_search for {system}: {e}") from None
 
 
 def points(cfg: Config) -> list[Point]:
@@ -144,6 +173,38 @@ def rates_for(cfg: Config, system: str) -> list[float]:
 
 def all_rates(cfg: Config) -> list[float]:
     return sorted({r for system in cfg.systems for r in rates_for(cfg, system)})
+
+
+def search_range(cfg: Config, system: str) -> tuple[float, float]:
+    """[low, high] of a system's capacity search: capacity_search.low / high, else its grid's ends."""
+    s, rates = cfg.capacity_search, rates_for(cfg, system)
+    return (s.low if s.low is not None else min(rates), s.high if s.high is not None else max(rates))
+
+
+def bisection(cfg: Config, system: str) -> RateBisection:
+    """A system's capacity search (harness.capacity.RateBisection) for the experiment's SLO target."""
+    s = cfg.capacity_search
+    low, high = search_range(cfg, system)
+    return RateBisection(low, high, cfg.slo.target, s.rel_tol, s.abs_tol, s.max_runs)
+
+
+def search_points(cfg: Config, rows: list[dict]) -> list[Point]:
+    """The next point of every capacity search (one per system and combination of swept values) that
+    has not ended, replayed from the finished rows: the same rows always give the same points, so a
+    resumed search runs exactly the points an uninterrupted one would have."""
+    keys = list(cfg.sweep)
+    measured: dict[tuple, dict[float, float]] = {}
+    for r in rows:  # as points.csv holds them: rates, attainments and swept values as text
+        group = (r["system"], *(_fmt(r[k]) for k in keys))
+        measured.setdefault(group, {})[float(r["request_rate"])] = float(r["slo_attainment"])
+    out = []
+    for values in list(itertools.product(*(cfg.sweep[k] for k in keys))) or [()]:
+        for system in cfg.systems:
+            group = (system, *(_fmt(v) for v in values))
+            rate = bisection(cfg, system).next_rate(measured.get(group, {}))
+            if rate is not None:
+                out.append(Point(system, rate, tuple(zip(keys, values))))
+    return out
 
 
 def _apply(cfg: Config, params) -> Config:
@@ -191,7 +252,8 @@ def make_workload(cfg: Config, rate: float, system: str | None = None) -> Worklo
             raise ExperimentError(f"workload.kind={w.kind} needs workload.path=<your file>")
         if w.kind == "lengths_csv":
             return load_lengths_csv(w.path, rate, cfg.duration_s, w.seed)
-        return load_trace_csv(w.path)
+        # docs/workloads.md, "Timestamped traces": the rate is the trace's mean rate when rescaled
+        return trace_workload(w.path, rate, cfg.duration_s, w.trace_format, w.rescale, w.trace_model)
     raise ExperimentError(
         f"unknown workload.kind {w.kind!r}: use synthetic, shared_prefix, chatbot, lengths_csv or trace_csv"
     )
@@ -232,7 +294,10 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
     result = simulate(workload, sim_config(pcfg, point.system))
     series = step_series(result.engine.steps, paged=isinstance(result.engine.scheduler.memory, BlockManager))
     row = {"system": point.system, "request_rate": point.rate, **dict(point.params), **result.metrics}
+    row["actual_request_rate"] = workload.mean_rate()  # of the arrivals replayed (docs/metrics.md)
     row.update(artifact_metrics(series, cfg.metrics_window_s))
+    if cfg.slo.limits():
+        row.update(slo_metrics(result.groups, **cfg.slo.limits()))
     if cfg.backend.name == "real":
         # The generated tokens themselves, so that runs of different systems can be compared token by token.
         row["output_digest"] = _digest(result.groups)
@@ -243,11 +308,15 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
 def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path:
     """Run (or resume) the experiment; returns its run directory."""
     validate(cfg)
-    grid = points(cfg)
+    # A capacity search picks its points as it goes (search_points), in place of the grid.
+    search = cfg.capacity_search.enabled
+    grid = [] if search else points(cfg)
+    first = search_points(cfg, [])[0] if search else grid[0]
     # Check the first point's setup (model fits the GPU, workload file readable) before writing anything.
-    _probe(cfg, grid[0])
+    _probe(cfg, first)
     run_dir, resumed = open_run_dir(cfg.results_dir, cfg.name, config_yaml, cfg.resume)
-    base = make_workload(_apply(cfg, grid[0].params), max(all_rates(cfg)), grid[0].system)
+    top = max(search_range(cfg, s)[1] for s in cfg.systems) if search else max(all_rates(cfg))
+    base = make_workload(_apply(cfg, first.params), top, first.system)
     if not (run_dir / "workload.jsonl").exists():
         base.save(run_dir / "workload.jsonl")  # the highest rate's trace; lower rates stretch its times
     rows = read_csv(run_dir / "points.csv")
@@ -256,6 +325,7 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
     columns = (
         POINT_COLUMNS
         + [k for k in cfg.sweep]
+        + (list(SLO_COLUMNS) if cfg.slo.limits() else [])
         + [
             "num_completed",
             "num_rejected",
@@ -277,14 +347,24 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         ]
     )
     log = _run_log(run_dir)
-    if resumed:
-        print(f"resuming {run_dir}: {len(grid) - len(todo)} of {len(grid)} points already done")
-    log.info("%s %s: %d points, %d to run", "resume" if resumed else "start", cfg.name, len(grid), len(todo))
+    if search:
+        if resumed:
+            print(f"resuming {run_dir}: {len(rows)} points of the capacity search already done")
+        log.info(
+            "%s %s: capacity search, %d points done", "resume" if resumed else "start", cfg.name, len(rows)
+        )
+    else:
+        if resumed:
+            print(f"resuming {run_dir}: {len(grid) - len(todo)} of {len(grid)} points already done")
+        log.info(
+            "%s %s: %d points, %d to run", "resume" if resumed else "start", cfg.name, len(grid), len(todo)
+        )
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), unit="point", desc=cfg.name)
+        total, initial = (None, len(rows)) if search else (len(grid), len(grid) - len(todo))
+        bar = tqdm(total=total, initial=initial, unit="point", desc=cfg.name)
 
     def finish(point: Point, row: dict, requests: list[dict], series: dict) -> None:
         # Series and requests before the row: a point in points.csv has all its files (resume skips it).
@@ -299,11 +379,12 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         rows.append({k: _fmt(v) if isinstance(v, float) or k in cfg.sweep else v for k, v in row.items()})
         write_csv(run_dir / "points.csv", rows, columns)
         log.info(
-            "point %s: normalized latency %.4f s/token, %d requests, wall %.1f s",
+            "point %s: normalized latency %.4f s/token, %d requests, wall %.1f s%s",
             point.slug,
             row["normalized_latency"],
             row["num_requests"],
             row["wall_s"],
+            f", SLO attainment {row['slo_attainment']:.4f}" if "slo_attainment" in row else "",
         )
         if bar is not None:
             bar.update(1)
@@ -314,7 +395,9 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.backend.name == "real":
         workers = 1  # real runs measure wall time: one at a time (and torch does not survive a fork)
-    if workers > 1 and len(todo) > 1:
+    if search:
+        _run_search(cfg, rows, finish, workers)
+    elif workers > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # Longest points first (highest rate, then slowest systems) pack best on few workers; rows are
@@ -331,7 +414,10 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         bar.close()
 
     cap_rows = capacity_table(rows, cfg)
-    write_csv(run_dir / "capacity.csv", cap_rows, ["system", *cfg.sweep, "capacity_rps", "ratio_to_vllm"])
+    slo_cols = list(SLO_CAPACITY_COLUMNS) if cfg.slo.limits() else []
+    write_csv(
+        run_dir / "capacity.csv", cap_rows, ["system", *cfg.sweep, "capacity_rps", "ratio_to_vllm", *slo_cols]
+    )
     if cfg.plots:
         from harness.plots import plot_run
 
@@ -344,6 +430,31 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         handler.close()
     log.handlers.clear()
     return run_dir
+
+
+def _run_search(cfg: Config, rows: list[dict], finish, workers: int) -> None:
+    """Run every capacity search to its end. A search's next rate depends on its last point, so each
+    search runs one point at a time, the next as soon as the last is written (finish appends it to
+    `rows`); the searches of different systems and swept values run side by side on `workers`."""
+    if workers <= 1:
+        while todo := search_points(cfg, rows):
+            for point in todo:
+                finish(point, *run_point(cfg, point))
+        return
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(workers) as pool:
+        running: dict = {}
+        while True:
+            busy = {p.key for p in running.values()}  # a running search proposes its running point again
+            for point in search_points(cfg, rows):
+                if point.key not in busy:
+                    running[pool.submit(run_point, cfg, point)] = point
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                finish(running.pop(future), *future.result())
 
 
 def _run_log(run_dir: Path) -> logging.Logger:
@@ -364,19 +475,35 @@ def _probe(cfg: Config, point: Point) -> None:
     make_workload(_apply(cfg, point.params), point.rate, point.system)
 
 
+# capacity.csv's SLO columns (with an SLO): the SLO capacity (harness.capacity.slo_capacity), its ratio to
+# vLLM's, the bracket it was interpolated in (the highest rate run that met the target below the first that
+# missed it, and that one) and the points it was read from.
+SLO_CAPACITY_COLUMNS = (
+    "slo_capacity_rps",
+    "slo_ratio_to_vllm",
+    "slo_rate_met",
+    "slo_rate_missed",
+    "slo_runs",
+)
+
+
 def capacity_table(rows: list[dict], cfg: Config) -> list[dict]:
     keys = list(cfg.sweep)
+    with_slo = bool(cfg.slo.limits())
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["system"], *(r[k] for k in keys)), []).append(r)
     table = []
     for (system, *values), pts in groups.items():
-        cap = capacity(
-            [float(p["request_rate"]) for p in pts],
-            [float(p["normalized_latency"]) for p in pts],
-            cfg.capacity_threshold,
-        )
-        table.append({"system": system, **dict(zip(keys, values)), "capacity_rps": cap})
+        rates = [float(p["request_rate"]) for p in pts]
+        cap = capacity(rates, [float(p["normalized_latency"]) for p in pts], cfg.capacity_threshold)
+        entry = {"system": system, **dict(zip(keys, values)), "capacity_rps": cap}
+        if with_slo:
+            attainment = [float(p["slo_attainment"]) for p in pts]
+            entry["slo_capacity_rps"] = slo_capacity(rates, attainment, cfg.slo.target)
+            entry["slo_rate_met"], entry["slo_rate_missed"] = slo_bracket(rates, attainment, cfg.slo.target)
+            entry["slo_runs"] = len(pts)
+        table.append(entry)
     for row in table:
         ref = next(
             (t for t in table if t["system"] == "vllm" and all(t[k] == row[k] for k in keys)),
@@ -384,11 +511,15 @@ def capacity_table(rows: list[dict], cfg: Config) -> list[dict]:
         )
         ratio = row["capacity_rps"] / ref["capacity_rps"] if ref and ref["capacity_rps"] else float("nan")
         row["ratio_to_vllm"] = ratio
+        if with_slo:
+            ref_slo = ref["slo_capacity_rps"] if ref else float("nan")
+            row["slo_ratio_to_vllm"] = row["slo_capacity_rps"] / ref_slo if ref_slo else float("nan")
     order = {s: i for i, s in enumerate(SYSTEMS)}
     table.sort(key=lambda t: (tuple(str(t[k]) for k in keys), order.get(t["system"], 99)))
     for t in table:
-        t["capacity_rps"] = _round(t["capacity_rps"])
-        t["ratio_to_vllm"] = _round(t["ratio_to_vllm"])
+        for key in ("capacity_rps", "ratio_to_vllm", "slo_capacity_rps", "slo_ratio_to_vllm"):
+            if key in t:
+                t[key] = _round(t[key])
     return table
 
 
@@ -405,7 +536,7 @@ def capacity_text(table: list[dict], cfg: Config, run_dir: Path) -> str:
         extra = " ".join(f"{k}={t[k]}" for k in keys)
         cap = t["capacity_rps"]
         rates = rates_for(cfg, t["system"])
-        lo, hi = min(rates), max(rates)
+        lo, hi = search_range(cfg, t["system"]) if cfg.capacity_search.enabled else (min(rates), max(rates))
         ref = vllm.get(tuple(str(t[k]) for k in keys))
         if cap == 0:
             text = f"< {lo:g} req/s (above the threshold at the lowest rate measured)"
@@ -414,5 +545,30 @@ def capacity_text(table: list[dict], cfg: Config, run_dir: Path) -> str:
             text = f"{cap:.3g} req/s" + (" (or more: never crossed)" if cap >= hi else "")
             vs = f"; vLLM {ref / cap:.2f}x" if ref and t["system"] != "vllm" else ""
         lines.append(f"  {t['system']:<18} {extra:<20} {text}{vs}")
+    if cfg.slo.limits():
+        lines += _slo_capacity_lines(table, cfg)
     lines.append(f"results: {run_dir}")
     return "\n".join(lines)
+
+
+def _slo_capacity_lines(table: list[dict], cfg: Config) -> list[str]:
+    keys = list(cfg.sweep)
+    how = "bisection" if cfg.capacity_search.enabled else "interpolated between the rates run"
+    share = f">= {100 * cfg.slo.target:g}% of requests within {cfg.slo.describe()}"
+    lines = [f"\nSLO capacity: highest rate with {share} ({how})"]
+    vllm = {tuple(str(t[k]) for k in keys): t["slo_capacity_rps"] for t in table if t["system"] == "vllm"}
+    for t in table:
+        extra = " ".join(f"{k}={t[k]}" for k in keys)
+        cap, met, missed, runs = t["slo_capacity_rps"], t["slo_rate_met"], t["slo_rate_missed"], t["slo_runs"]
+        ref = vllm.get(tuple(str(t[k]) for k in keys))
+        vs = ""
+        if math.isnan(met):
+            text = f"< {missed:g} req/s (the lowest rate run misses the target; {runs} runs)"
+        elif math.isnan(missed):
+            text = f"{cap:.3g} req/s or more (every rate run meets the target; {runs} runs)"
+        else:
+            text = f"{cap:.3g} req/s (met at {met:g}, missed at {missed:g} req/s; {runs} runs)"
+        if ref and cap and t["system"] != "vllm":
+            vs = f"; vLLM {ref / cap:.2f}x"
+        lines.append(f"  {t['system']:<18} {extra:<20} {text}{vs}")
+    return lines

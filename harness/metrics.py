@@ -2,7 +2,7 @@
 
 Keys follow vLLM's benchmarks (request_throughput, mean_ttft_ms, p99_tpot_ms, ...) and the results
 contract (results/README.md). Rejected requests are counted in num_rejected and excluded from every
-latency and throughput figure.
+latency and throughput figure; the SLO metrics (slo_metrics) count them as missing every SLO.
 """
 
 from __future__ import annotations
@@ -35,8 +35,40 @@ def output_len(group: SequenceGroup) -> int:
     return max(s.num_output_tokens for s in group.seqs)
 
 
+def completed(groups: list[SequenceGroup]) -> list[SequenceGroup]:
+    """The requests that finished: neither rejected nor still running (an early-stopped run)."""
+    return [g for g in groups if g.reject_reason is None and g.metrics.finished_time is not None]
+
+
+def request_latencies(groups: list[SequenceGroup]) -> dict[str, np.ndarray]:
+    """Per completed request, in seconds (docs/metrics.md): the timestamps a, s, f, e, the output length
+    L, and the latencies built from them, `ttft` = f - a, `tpot` = (e - f) / (L - 1) (NaN where L = 1:
+    undefined), `e2el` = e - a, `queue` = s - a. The one place these are computed: the latency metrics
+    and the SLO metrics (slo_metrics) both read them."""
+    done = completed(groups)
+    arrival = np.array([g.metrics.arrival_time for g in done], dtype=float)
+    first_sched = np.array([g.metrics.first_scheduled_time for g in done], dtype=float)
+    first_token = np.array([g.metrics.first_token_time for g in done], dtype=float)
+    finished = np.array([g.metrics.finished_time for g in done], dtype=float)
+    lengths = np.array([output_len(g) for g in done], dtype=np.int64)
+    tpot = np.full(len(done), np.nan)
+    multi = lengths > 1
+    tpot[multi] = (finished[multi] - first_token[multi]) / (lengths[multi] - 1)
+    return {
+        "arrival": arrival,
+        "first_scheduled": first_sched,
+        "first_token": first_token,
+        "finished": finished,
+        "output_len": lengths,
+        "ttft": first_token - arrival,
+        "tpot": tpot,
+        "e2el": finished - arrival,
+        "queue": first_sched - arrival,
+    }
+
+
 def request_metrics(groups: list[SequenceGroup]) -> dict:
-    done = [g for g in groups if g.reject_reason is None and g.metrics.finished_time is not None]
+    done = completed(groups)
     out: dict = {
         "num_requests": len(groups),
         "num_completed": len(done),
@@ -53,27 +85,73 @@ def request_metrics(groups: list[SequenceGroup]) -> dict:
         for k in ("ttft", "tpot", "itl", "e2el", "queue"):
             _stats(k, np.array([]), out)
         return out
-    arrival = np.array([g.metrics.arrival_time for g in done])
-    first_sched = np.array([g.metrics.first_scheduled_time for g in done])
-    first_token = np.array([g.metrics.first_token_time for g in done])
-    finished = np.array([g.metrics.finished_time for g in done])
-    lengths = np.array([output_len(g) for g in done])
+    lat = request_latencies(done)
     generated = sum(s.num_output_tokens for g in done for s in g.seqs)
     prompt_tokens = sum(g.num_prompt_tokens for g in done)
-    duration = float(finished.max() - arrival.min())
-    e2el = finished - arrival
+    duration = float(lat["finished"].max() - lat["arrival"].min())
     out["duration_s"] = duration
     out["request_throughput"] = len(done) / duration if duration > 0 else float("inf")
     out["output_throughput"] = generated / duration if duration > 0 else float("inf")
     out["total_token_throughput"] = (prompt_tokens + generated) / duration if duration > 0 else float("inf")
-    out["normalized_latency"] = float(np.mean(e2el / lengths))
-    _stats("ttft", 1e3 * (first_token - arrival), out)
-    multi = lengths > 1
-    _stats("tpot", 1e3 * (finished[multi] - first_token[multi]) / (lengths[multi] - 1), out)
+    out["normalized_latency"] = float(np.mean(lat["e2el"] / lat["output_len"]))
+    _stats("ttft", 1e3 * lat["ttft"], out)
+    tpot = lat["tpot"]
+    _stats("tpot", 1e3 * tpot[~np.isnan(tpot)], out)  # requests with L > 1 only
     gaps = [np.diff(s.token_times) for g in done for s in g.seqs if len(s.token_times) > 1]
     _stats("itl", 1e3 * np.concatenate(gaps) if gaps else np.array([]), out)
-    _stats("e2el", 1e3 * e2el, out)
-    _stats("queue", 1e3 * (first_sched - arrival), out)
+    _stats("e2el", 1e3 * lat["e2el"], out)
+    _stats("queue", 1e3 * lat["queue"], out)
+    return out
+
+
+SLO_COLUMNS = (
+    "slo_attainment",
+    "request_goodput",
+    "num_slo_met",
+    "slo_ttft_attainment",
+    "slo_tpot_attainment",
+    "slo_e2e_attainment",
+)
+
+
+def slo_metrics(
+    groups: list[SequenceGroup],
+    ttft_s: float | None = None,
+    tpot_s: float | None = None,
+    e2e_s: float | None = None,
+) -> dict:
+    """SLO attainment and goodput (docs/metrics.md, "SLOs and goodput"), vLLM's definition
+    (benchmarks/benchmark_serving.py, `--goodput`): a request meets the SLOs when it completed and every
+    latency given a limit is at most that limit (None: not checked). A 1-token output has no TPOT and
+    meets a TPOT limit, as in vLLM (which counts its TPOT as 0). Rejected and unfinished requests meet
+    nothing but count among the requests.
+
+    slo_attainment = met / all requests; request_goodput = met / D, D the same duration as
+    request_throughput's (last finish - first arrival of the completed requests); slo_<x>_attainment:
+    the fraction meeting that one limit."""
+    limits = {"ttft": ttft_s, "tpot": tpot_s, "e2e": e2e_s}
+    if all(v is None for v in limits.values()):
+        raise ValueError("slo_metrics needs at least one of ttft_s, tpot_s, e2e_s")
+    lat = request_latencies(groups)
+    values = {"ttft": lat["ttft"], "tpot": np.nan_to_num(lat["tpot"], nan=0.0), "e2e": lat["e2el"]}
+    num_requests = len(groups)
+    met = np.ones(len(lat["ttft"]), dtype=bool)
+    out: dict = {}
+    for key, limit in limits.items():
+        if limit is None:
+            out[f"slo_{key}_attainment"] = float("nan")
+            continue
+        ok = values[key] <= limit  # at the limit meets it, as vLLM's `slo >= value`
+        out[f"slo_{key}_attainment"] = float(ok.sum()) / num_requests if num_requests else float("nan")
+        met &= ok
+    num_met = int(met.sum())
+    duration = float(lat["finished"].max() - lat["arrival"].min()) if len(met) else 0.0
+    out["num_slo_met"] = num_met
+    out["slo_attainment"] = num_met / num_requests if num_requests else float("nan")
+    if duration > 0:
+        out["request_goodput"] = num_met / duration
+    else:
+        out["request_goodput"] = float("inf") if num_met else 0.0
     return out
 
 

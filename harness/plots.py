@@ -1,8 +1,10 @@
 """The run's figures as PNG: normalized latency vs rate (Figure 12), batched requests (Figure 13), the
-memory breakdown (Figure 2), and capacity against each swept parameter."""
+memory breakdown (Figure 2), and capacity against each swept parameter; with an SLO (cfg.slo), output
+throughput against p99 TPOT and p99 TTFT (Pareto fronts) and SLO attainment against rate."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -65,6 +67,8 @@ def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Co
     _memory_plot(run_dir / "memory_waste.png", series, cfg)
     for key in cfg.sweep:
         _capacity_plot(run_dir / f"capacity_vs_{key}.png", capacity_rows, key, cfg)
+    if cfg.slo.limits():
+        _slo_plots(run_dir, series, capacity_rows, cfg)
     for key in ("n", "beam_width", "prefix_len"):
         if key in cfg.sweep and "vllm" in cfg.systems:
             _sharing_plot(run_dir / f"sharing_saving_vs_{key}.png", rows, key, cfg)
@@ -115,7 +119,7 @@ def _memory_plot(path, series, cfg) -> None:
     plt.close(fig)
 
 
-def _capacity_plot(path, capacity_rows, key, cfg) -> None:
+def _capacity_plot(path, capacity_rows, key, cfg, column="capacity_rps", ylabel=None) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     others = [k for k in cfg.sweep if k != key]
     lines: dict[tuple, list[dict]] = {}
@@ -127,11 +131,12 @@ def _capacity_plot(path, capacity_rows, key, cfg) -> None:
         label = LABELS.get(system, system) + (f" ({extra})" if extra else "")
         ax.plot(
             [str(p[key]) for p in pts],
-            [float(p["capacity_rps"]) for p in pts],
+            [float(p[column]) for p in pts],
             marker=MARKERS.get(system, "."),
             label=label,
         )
-    _finish(fig, ax, path, key, f"Capacity (req/s at {cfg.capacity_threshold} s/token)", _title(cfg))
+    ylabel = ylabel or f"Capacity (req/s at {cfg.capacity_threshold} s/token)"
+    _finish(fig, ax, path, key, ylabel, _title(cfg))
 
 
 def _finish(fig, ax, path, xlabel, ylabel, title, legend=True) -> None:
@@ -166,3 +171,110 @@ def _num(v):
         return float(v)
     except (TypeError, ValueError):
         return str(v)
+
+
+def _slo_plots(run_dir: Path, series, capacity_rows: list[dict], cfg: Config) -> None:
+    """With an SLO: throughput against tail latency (p99 TPOT, p99 TTFT) with each line's Pareto front,
+    SLO attainment against rate with the target, and the SLO capacity against each swept parameter."""
+    slo = cfg.slo
+    tpot = (slo.tpot_s * 1e3, f"TPOT limit ({slo.tpot_s * 1e3:g} ms)") if slo.tpot_s is not None else None
+    ttft = (slo.ttft_s, f"TTFT limit ({slo.ttft_s:g} s)") if slo.ttft_s is not None else None
+    _pareto_plot(
+        run_dir / "throughput_vs_p99_tpot.png", series, "p99_tpot_ms", 1.0, "p99 TPOT (ms)", tpot, cfg
+    )
+    _pareto_plot(
+        run_dir / "throughput_vs_p99_ttft.png", series, "p99_ttft_ms", 1e-3, "p99 TTFT (s)", ttft, cfg
+    )
+    _attainment_plot(run_dir / "slo_attainment.png", series, capacity_rows, cfg)
+    for key in cfg.sweep:
+        _capacity_plot(
+            run_dir / f"slo_capacity_vs_{key}.png",
+            capacity_rows,
+            key,
+            cfg,
+            column="slo_capacity_rps",
+            ylabel=f"SLO capacity (req/s, {100 * cfg.slo.target:g}% within SLO)",
+        )
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (latency, throughput) no other point beats on both (lower or equal latency and higher
+    or equal throughput, one of them strictly), by increasing latency; NaNs left out."""
+    front: list[tuple[float, float]] = []
+    # By latency, the highest throughput first within a latency: a point joins the front when it has
+    # more throughput than every point of lower or equal latency before it.
+    for x, y in sorted(
+        (p for p in points if not (math.isnan(p[0]) or math.isnan(p[1]))), key=lambda p: (p[0], -p[1])
+    ):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def _pareto_plot(path, series, column, scale, xlabel, limit, cfg) -> None:
+    """Output throughput (tokens/s) against a tail latency, one point per rate run: each line's Pareto
+    front drawn through its points (labelled with their rates), the dominated points hollow."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    xs_all, labels, any_dominated = [], [], False
+    for label, system, rates, pts in series:
+        xy = [(float(p[column]) * scale, float(p["output_throughput"])) for p in pts]
+        rate_of = {xy_i: r for xy_i, r in zip(xy, rates)}
+        front = pareto_front(xy)
+        if not front:
+            continue
+        (line,) = ax.plot(*zip(*front), marker=MARKERS.get(system, "."), label=label)
+        dominated = [p for p in xy if p not in front and not (math.isnan(p[0]) or math.isnan(p[1]))]
+        if dominated:
+            style = dict(marker=MARKERS.get(system, "."), facecolors="none", alpha=0.6)
+            ax.scatter(*zip(*dominated), edgecolors=line.get_color(), **style)
+            any_dominated = True
+        labels += [(x, y, rate_of[(x, y)]) for x, y in front]
+        xs_all += [x for x, _ in xy if not math.isnan(x) and x > 0]
+    if limit is not None:  # (value, label): the per-request limit of the SLO, on this axis
+        ax.axvline(limit[0], color="grey", lw=0.8, ls="--", label=limit[1])
+        xs_all.append(limit[0])
+    if xs_all and max(xs_all) > 30 * min(xs_all):
+        ax.set_xscale("log")  # past capacity the tail latency grows by orders of magnitude
+    _label_rates(ax, labels)
+    if any_dominated:
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="dominated points")
+    title = f"{_title(cfg)}\nPareto front per line; labels: request rate (req/s)"
+    _finish(fig, ax, path, xlabel, "Output throughput (tokens/s)", title)
+
+
+def _label_rates(ax, labels: list[tuple[float, float, float]], min_px: float = 14.0) -> None:
+    """Each point's request rate beside it, leaving out labels that would overlap one already placed
+    (a bisection packs its points near the capacity)."""
+    ax.figure.canvas.draw()  # final limits and scales, for the positions in pixels
+    placed: list[tuple[float, float]] = []
+    for x, y, rate in labels:
+        px, py = ax.transData.transform((x, y))
+        if all(abs(px - qx) > 2 * min_px or abs(py - qy) > min_px for qx, qy in placed):
+            ax.annotate(f"{rate:.3g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+            placed.append((px, py))
+
+
+def _attainment_plot(path, series, capacity_rows, cfg) -> None:
+    """SLO attainment (% of requests meeting every SLO) against request rate, the target as a line and
+    each line's SLO capacity as a dotted drop line from it."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    for label, system, rates, pts in series:
+        values = [100 * float(p["slo_attainment"]) for p in pts]
+        (line,) = ax.plot(rates, values, marker=MARKERS.get(system, "."), label=label)
+        cap = next(
+            (
+                c
+                for c in capacity_rows
+                if c["system"] == system and all(str(c[k]) == str(pts[0][k]) for k in cfg.sweep)
+            ),
+            None,
+        )
+        if cap is not None and float(cap["slo_capacity_rps"]) > 0:
+            at = float(cap["slo_capacity_rps"])
+            ax.vlines(at, 0, 100 * cfg.slo.target, colors=line.get_color(), linestyles=":", lw=1.2)
+    ax.axhline(
+        100 * cfg.slo.target, color="grey", lw=0.8, ls="--", label=f"target ({100 * cfg.slo.target:g}%)"
+    )
+    ax.set_ylim(0, 102)
+    title = f"{_title(cfg)}\nSLO: {cfg.slo.describe()}; dotted: each line's SLO capacity"
+    _finish(fig, ax, path, "Request rate (req/s)", "SLO attainment (% of requests)", title)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from typing import IO
 POINT_COLUMNS = [
     "system",
     "request_rate",
+    "actual_request_rate",
     "num_requests",
     "duration_s",
     "request_throughput",
@@ -125,8 +127,18 @@ def open_run_dir(results_dir: str, name: str, config_yaml: str, resume: bool) ->
     if resume and latest.is_dir():
         previous = latest.resolve()
         config = previous / "config.yaml"
-        if config.is_file() and config.read_text() == config_yaml and not (previous / "DONE").exists():
-            return previous, True
+        if config.is_file() and not (previous / "DONE").exists():
+            old = config.read_text()
+            if old == config_yaml:
+                return previous, True
+            # Said, not silent: an unfinished run of another configuration (or of an older pagelab,
+            # whose config.yaml lacks a setting added since) is left as it is.
+            diff = difflib.unified_diff(old.splitlines(), config_yaml.splitlines(), lineterm="", n=0)
+            first = next((d for d in diff if d[:1] in "+-" and d[:3] not in ("+++", "---")), "")
+            print(
+                f"not resuming {previous}: it is unfinished, but its config.yaml differs from this run's "
+                f"(first difference: {first!r}); starting a new run"
+            )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run, suffix = base / stamp, 1
     while True:  # parallel jobs (Hydra multirun) may start in the same second
