@@ -37,6 +37,9 @@ class ServerConfig:
     # separate: prompt-only or decode-only steps (vLLM v0.1 release); mixed: decodes and new prompts
     # in one step (the paper's artifact; docs/paper_fidelity.md)
     step_composition: str = "separate"
+    # Chunked prefill (Sarathi-Serve, vLLM's enable_chunked_prefill): prompts cut into chunks so that
+    # each step computes at most max_num_batched_tokens, decodes first; needs step_composition=mixed
+    enable_chunked_prefill: bool = False
     watermark: float = 0.01  # share of blocks kept free when admitting prompts
     enable_prefix_caching: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
@@ -92,6 +95,11 @@ class ServerConfig:
             raise ValueError(
                 f"step_composition must be one of {', '.join(STEP_COMPOSITIONS)}, "
                 f"got {self.step_composition!r}"
+            )
+        if self.enable_chunked_prefill and self.step_composition != "mixed":
+            raise ValueError(
+                "enable_chunked_prefill puts decodes and prompt chunks in one step: set "
+                f"step_composition=mixed (got {self.step_composition!r})"
             )
         if self.kv_sizing not in KV_SIZING:
             raise ValueError(f"kv_sizing must be one of {', '.join(KV_SIZING)}, got {self.kv_sizing!r}")

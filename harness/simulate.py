@@ -110,6 +110,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         max_model_len=s.max_model_len or model.max_position_embeddings,
         preemption_mode=s.preemption_mode,
         step_composition=s.step_composition,
+        enable_chunked_prefill=s.enable_chunked_prefill,
     )
     memory, sched_cfg = build_system(
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch

@@ -95,7 +95,9 @@ class PagedKV(Protocol):
 def paged_usage(manager: PagedKV, running: list[SequenceGroup]) -> MemoryUsage:
     """The device KV space of a paged block manager in Figure 2's classes, in O(running sequences).
 
-    Every block of a table but the last is full, so only last blocks have empty slots. An empty slot
+    Every block of a table but the last is full, so only last blocks have empty slots; but for a
+    prompt in progress (chunked prefill), whose blocks past its computed tokens are empty and
+    reservation: its next chunks fill them. An empty slot
     is reservation if the sequence will still fill it (prompt + max_tokens, the trace's true output
     length when EOS is ignored), internal fragmentation otherwise. A shared prefix's partial last
     block that no sequence holds counts its tail as token states and the rest as internal
@@ -114,6 +116,7 @@ def paged_usage(manager: PagedKV, running: list[SequenceGroup]) -> MemoryUsage:
     # a step of benchmarks/bench_scheduler.py with memory accounting.
     last_blocks: dict[int, tuple[int, int]] = {}
     num_private = filled_private = future_private = 0
+    unwritten = 0  # empty slots in blocks before the last (prompts in progress)
     logical = 0
     for group in running:
         max_kv = min(group.max_seq_len, max_model_len) - 1
@@ -127,7 +130,11 @@ def paged_usage(manager: PagedKV, running: list[SequenceGroup]) -> MemoryUsage:
             logical += n
             base = (n - 1) * bs
             filled = seq.num_computed_tokens - base
-            filled = 0 if filled < 0 else bs if filled > bs else filled
+            if filled < 0:
+                unwritten -= filled
+                filled = 0
+            elif filled > bs:
+                filled = bs
             future = max_kv - base
             future = filled if future < filled else bs if future > bs else future
             last = table[-1]
@@ -148,8 +155,8 @@ def paged_usage(manager: PagedKV, running: list[SequenceGroup]) -> MemoryUsage:
     future = sum(u for _, u in last_blocks.values()) + future_private
     return MemoryUsage(
         total=manager.num_total_slots,
-        token_states=(used - num_last) * bs + filled,
-        reservation=future - filled,
+        token_states=(used - num_last) * bs + filled - unwritten,
+        reservation=future - filled + unwritten,
         internal_fragmentation=num_last * bs - future,
         external_fragmentation=0,
         free=gpu.num_free * bs,

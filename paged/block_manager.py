@@ -352,7 +352,29 @@ class BlockManager:
             self.seq_block_hashes[child.seq_id] = list(self.seq_block_hashes[parent.seq_id])
         return []
 
+    def _forget_unwritten(self, seq: Sequence) -> None:
+        """Unpublish the cached blocks of a sequence stopped in the middle of a chunked prefill.
+
+        A prompt's full blocks are published at allocation, for a prompt admitted in the same step to
+        share (`allocate`). A chunked prompt writes them over several steps; preempted or aborted
+        before its last chunk, its blocks past the tokens computed hold no KV yet and must not be
+        found. Only the sequence holds them then: a prompt is chunked only when it takes the rest of
+        the step's budget, so nothing is admitted after it until its last chunk runs."""
+        hashes = self.seq_block_hashes.get(seq.seq_id)
+        written = seq.num_computed_tokens // self.block_size
+        if not hashes or len(hashes) <= written:
+            return
+        table = self.block_tables[seq.seq_id]
+        cache = self.prefix_cache
+        for i in range(written, len(hashes)):
+            block = table[i]
+            if self.gpu.ref_counts[block] == 1 and cache.block_hash.get(block) == hashes[i]:
+                cache.forget(block)
+        del hashes[written:]
+
     def free(self, seq: Sequence) -> None:
+        if self.prefix_cache is not None and seq.seq_id not in self.swapped_seq_ids:
+            self._forget_unwritten(seq)
         table = self.block_tables.pop(seq.seq_id, None)
         self.seq_block_hashes.pop(seq.seq_id, None)
         if table is None:
@@ -411,6 +433,9 @@ class BlockManager:
 
     def swap_out(self, group: SequenceGroup) -> dict[int, int]:
         """Move the group's blocks to host memory; returns {device block: host block}."""
+        if self.prefix_cache is not None:
+            for seq in group.get_seqs(SequenceStatus.RUNNING):
+                self._forget_unwritten(seq)
         mapping = self._move(group, SequenceStatus.RUNNING, self.gpu, self.cpu)
         self.swapped_seq_ids.update(s.seq_id for s in group.get_seqs(SequenceStatus.RUNNING))
         return mapping

@@ -87,18 +87,41 @@ class SchedulerConfig:
     # (its finished_time) when the batch ends.
     max_batch_total_len: int | None = None
     pad_batch: bool = False
+    # Chunked prefill (Sarathi-Serve; vLLM's enable_chunked_prefill), on mixed steps: each step runs
+    # every decode first, then the prompts in progress, then new prompts, cut into chunks so that the
+    # step computes at most max_num_batched_tokens tokens; a long prompt spans several steps and no
+    # step stalls the decodes for a whole prompt (docs/scheduler.md).
+    enable_chunked_prefill: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")
         _require(self.max_model_len >= 1, f"max_model_len must be at least 1, got {self.max_model_len!r}")
         # Without chunked prefill a sequence's whole context is prefilled in one step (and again after
         # a recompute preemption), so the token budget must hold the longest sequence (vLLM v0 checks
-        # the same).
+        # the same). With it, only a group that is not chunked (several sequences, a shared prefix)
+        # needs that, and it is admitted alone into an empty batch over the budget.
         _require(
-            self.max_num_batched_tokens >= self.max_model_len,
+            self.enable_chunked_prefill or self.max_num_batched_tokens >= self.max_model_len,
             f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
             f"({self.max_model_len}): a long prompt could never be prefilled; raise "
-            "max_num_batched_tokens or lower max_model_len",
+            "max_num_batched_tokens, lower max_model_len or enable chunked prefill",
+        )
+        _require(
+            self.max_num_batched_tokens >= 1,
+            f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens!r}",
+        )
+        _require(
+            not self.enable_chunked_prefill
+            or (self.step_composition == "mixed" and self.batching == "iteration"),
+            "enable_chunked_prefill puts decodes and prompt chunks in one step: it needs "
+            f'step_composition="mixed" and batching="iteration", got {self.step_composition!r} and '
+            f"{self.batching!r}; set step_composition to mixed",
+        )
+        _require(
+            not self.enable_chunked_prefill or self.max_num_batched_tokens >= self.max_num_seqs,
+            f"with chunked prefill every running sequence's decode takes one token of the step's "
+            f"budget, so max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+            f"max_num_seqs ({self.max_num_seqs}); raise the first or lower the second",
         )
         _require(
             self.preemption_mode in PREEMPTION_MODES,

@@ -462,6 +462,8 @@ class ModelRunner:
                 else:
                     ctx.append(n)
                 rows.append(len(ids) - 1)
+                if n < len(seq.token_ids):
+                    continue  # a chunk of a longer prompt (chunked prefill): nothing to sample yet
                 by_tokens[tuple(seq.token_ids)] = len(rows) - 1
                 entries.append((seq, len(rows) - 1))
             for seq in pending:

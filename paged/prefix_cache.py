@@ -63,10 +63,11 @@ class PrefixCache:
     def evict(self) -> int:
         """Drop the least recently used evictable block from the cache and return it for reuse."""
         block, _ = self.evictable.popitem(last=False)
-        self._forget(block)
+        self.forget(block)
         return block
 
-    def _forget(self, block: int) -> None:
+    def forget(self, block: int) -> None:
+        """Drop a cached block's entry (it stays allocated; a later free returns it to the free list)."""
         # Removing the mapping on reuse is what keeps a recycled block from being found under its old
         # content (nano-vllm issue 163).
         block_hash = self.block_hash.pop(block)

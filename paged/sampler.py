@@ -110,7 +110,9 @@ class Sampler:
         outputs: list[list[Sample]] = []
         for group, entries in zip(groups, rows):
             params = group.sampling_params
-            if params.use_beam_search:
+            if not entries:  # a chunk of a prompt that goes on next step (chunked prefill)
+                outputs.append([])
+            elif params.use_beam_search:
                 outputs.append(beam_search_step(group, entries, logprobs))
             elif params.temperature == 0:
                 outputs.append([Sample(s.seq_id, greedy_tokens[r], greedy_lp[r]) for s, r in entries])

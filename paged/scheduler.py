@@ -14,6 +14,10 @@ policies behind `KVCacheManager`; the real model and the cost model are executor
 `step_composition="mixed"` (the paper's artifact, whose runs made the paper's figures): every step
 runs 2 then 3 (swap-in only if the step swapped nothing out), then 1 into the same batch, the token
 budget counting one token per running sequence plus the admitted prompts (docs/scheduler.md).
+
+`enable_chunked_prefill` (Sarathi-Serve, vLLM's chunked prefill), on mixed steps: 2 and 3, then the
+prompts in progress, then 1, where a single-sequence group's prompt is cut to what is left of
+max_num_batched_tokens; a prompt then spans several steps, and only its last chunk samples a token.
 """
 
 from __future__ import annotations
@@ -90,7 +94,9 @@ class Scheduler:
         out = SchedulerOutput()
         if self._pending_copies:
             out.blocks_to_copy, self._pending_copies = self._pending_copies, []
-        if self.config.step_composition == "mixed":
+        if self.config.enable_chunked_prefill:
+            self._schedule_chunked(out, now)
+        elif self.config.step_composition == "mixed":
             self._schedule_mixed(out, now)
         else:
             self._schedule_separate(out, now)
@@ -126,6 +132,70 @@ class Scheduler:
             self._reject_unswappable(out, now)
         self.admit_into_decode(out, now, out.num_seqs)  # decoding and swapped-in: one token each
         out.scheduled_groups = self.running
+
+    def _schedule_chunked(self, out: SchedulerOutput, now: float) -> None:
+        """A chunked-prefill step (Sarathi-Serve's stall-free batching): every decode, swap-in as in
+        a mixed step, then the prompts in progress in arrival order, then new prompts, each prompt
+        cut to the token budget left. Decoding groups come first in out.scheduled_groups, the
+        prompt groups (in progress and new) last, as in a mixed step."""
+        self._decode(out, now)  # skips the groups still in their prompt
+        if self.swapped and not out.blocks_to_swap_out:
+            self._swap_in(out)
+            self._reject_unswappable(out, now)
+        if not self._running_sorted:
+            self.running.sort(key=_arrival)
+            self._running_sorted = True
+        budget = self.config.max_num_batched_tokens
+        decoding, prompts = [], []
+        num_tokens = 0
+        for group in self.running:
+            if self._in_prompt(group):
+                prompts.append(group)
+            else:
+                decoding.append(group)
+                num_tokens += group.max_num_running_seqs
+        num_seqs = num_tokens
+        continued = []
+        for group in prompts:  # arrival order: the earliest prompt finishes first
+            left = budget - num_tokens
+            if left <= 0:
+                break
+            seq = group.seqs[0]
+            start = seq.num_computed_tokens
+            end = min(len(seq.token_ids), start + left)
+            out.prefill_ranges[seq.seq_id] = (start, end)
+            if end < len(seq.token_ids):
+                out.partial_prefills.append(group)
+            continued.append(group)
+            num_tokens += end - start
+            num_seqs += 1
+        out.scheduled_groups = []
+        if not self.swapped and self.waiting:
+            self._admit(out, now, num_tokens)
+            num_tokens = out.num_batched_tokens
+            num_seqs += out.num_seqs
+        admitted = out.scheduled_groups
+        out.scheduled_groups = decoding + continued + admitted
+        out.num_prefill_groups = len(continued) + len(admitted)
+        out.is_prefill = out.num_prefill_groups > 0
+        out.num_batched_tokens = num_tokens
+        out.num_seqs = num_seqs
+
+    def _chunkable(self, group: SequenceGroup) -> bool:
+        """Whether the group's prompt may be cut into chunks: chunked prefill is on and the group is
+        one sequence without an explicit shared prefix (vLLM v0 chunks single-sequence groups only;
+        a shared prefix is offered to others on the promise that its first request computes it in
+        the step that admits it, paged/shared_prefix.py). Other groups are prefilled whole."""
+        return self.config.enable_chunked_prefill and len(group.seqs) == 1 and group.prefix is None
+
+    @staticmethod
+    def _in_prompt(group: SequenceGroup) -> bool:
+        """A running group whose prompt is still being prefilled in chunks: more than its newest token
+        left to compute (with exactly that left, its next step is an ordinary decode)."""
+        if len(group.seqs) != 1:
+            return False
+        seq = group.seqs[0]
+        return len(seq.token_ids) - seq.num_computed_tokens > 1
 
     def admit_into_decode(self, out: SchedulerOutput, now: float, num_decode_seqs: int) -> None:
         """The prompts of a mixed step, after its decodes: admit waiting groups into the batch of
@@ -233,7 +303,11 @@ class Scheduler:
         # A group alone in an otherwise empty batch is admitted even over the token budget: a
         # re-prefill of several diverged sequences after a recompute can exceed it, and must still
         # run (in a mixed step, running decodes count, so such a group waits for an empty batch).
-        if num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
+        # A chunked prompt needs one token of the budget left: it takes what is left.
+        if self._chunkable(group):
+            if num_tokens >= cfg.max_num_batched_tokens:
+                return "wait", None
+        elif num_tokens and num_tokens + plan.num_new_tokens > cfg.max_num_batched_tokens:
             return "wait", None
         if num_seqs + group.max_num_running_seqs > cfg.max_num_seqs:
             return "wait", None
@@ -282,17 +356,25 @@ class Scheduler:
                     break
             waiting.popleft()
             out.blocks_to_copy.extend(memory.allocate(group, plan))
+            num_new = plan.num_new_tokens
+            chunk = None
+            if self._chunkable(group) and num_tokens + num_new > self.config.max_num_batched_tokens:
+                num_new = self.config.max_num_batched_tokens - num_tokens  # the first chunk
+                chunk = num_new
+                out.partial_prefills.append(group)
             for seq in group.seqs:
                 if seq.status is _WAITING:
                     seq.status = _RUNNING
-                    out.prefill_ranges[seq.seq_id] = (seq.num_computed_tokens, len(seq.token_ids))
+                    start = seq.num_computed_tokens
+                    end = len(seq.token_ids) if chunk is None else start + chunk
+                    out.prefill_ranges[seq.seq_id] = (start, end)
             if group.metrics.first_scheduled_time is None:
                 group.metrics.first_scheduled_time = now
             if self.running and group.arrival_time < self.running[-1].arrival_time:
                 self._running_sorted = False
             self.running.append(group)
             out.scheduled_groups.append(group)
-            num_tokens += plan.num_new_tokens
+            num_tokens += num_new
             num_seqs += n
             num_admitted += n
         out.num_batched_tokens = num_tokens
@@ -309,8 +391,12 @@ class Scheduler:
         queue = deque(self.running)
         kept = []
         num_seqs = 0
+        chunked = self.config.enable_chunked_prefill
         while queue:
             group = queue.popleft()
+            if chunked and self._in_prompt(group):
+                kept.append(group)  # no token to append: its prompt's blocks are all allocated
+                continue
             while not can_append_slots(group):
                 if queue:
                     self._preempt(queue.pop(), out, now)  # the latest arrival
@@ -402,11 +488,19 @@ class Scheduler:
         groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
         finished = list(out.rejected)
         done = []
+        partial = out.partial_prefills
         if out.is_prefill:  # the prompt groups are the last num_prefill_groups of the step
             groups = out.scheduled_groups
             for group in groups[len(groups) - out.num_prefill_groups :]:
-                self.memory.mark_computed(group)
+                if not (partial and group in partial):
+                    self.memory.mark_computed(group)
         for group, samples in zip(out.scheduled_groups, outputs):
+            if partial and group in partial:
+                # A chunk of its prompt ran: its KV is written up to the chunk's end. The logits of
+                # the chunk's last token are not a sample: the prompt goes on next step.
+                seq = group.seqs[0]
+                seq.num_computed_tokens = out.prefill_ranges[seq.seq_id][1]
+                continue
             for seq in group.seqs:
                 if seq.status is _RUNNING:
                     seq.num_computed_tokens = len(seq.token_ids)

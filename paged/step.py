@@ -44,6 +44,9 @@ class SchedulerOutput:
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[SequenceGroup] = field(default_factory=list)
     rejected: list[SequenceGroup] = field(default_factory=list)
+    # Chunked prefill: prompt groups whose range ends before their prompt does. They sample nothing
+    # in this step; their prompt goes on in a later one.
+    partial_prefills: list[SequenceGroup] = field(default_factory=list)
     # A padded static batch (SchedulerConfig.pad_batch, FasterTransformer): (rows, prompt length) the
     # step really computes: every sequence of the batch, finished ones too, at the batch's longest
     # prompt. None: the step computes only the scheduled sequences, unpadded.

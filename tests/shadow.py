@@ -58,7 +58,9 @@ class ShadowExecutor(NullExecutor):
                     continue
                 table = m.get_block_table(seq)
                 assert len(table) * bs >= len(seq.token_ids), "no slot for the newest token"
-                for p in range(seq.num_computed_tokens, len(seq.token_ids)):
+                start, end = out.compute_range(seq)  # a chunk of its prompt, under chunked prefill
+                assert start == seq.num_computed_tokens
+                for p in range(start, end):
                     block = table[p // bs]
                     writers.setdefault(block, set()).add(seq.seq_id)
                     self.device[(block, p % bs)] = tuple(seq.token_ids[: p + 1])
@@ -96,6 +98,22 @@ def check_contents(manager: BlockManager, executor: ShadowExecutor, groups) -> N
                 assert got == tuple(seq.token_ids[: p + 1]), (
                     f"seq {seq.seq_id} position {p}: cache holds another sequence's KV"
                 )
+
+
+def check_parked_blocks(manager: BlockManager, executor: ShadowExecutor) -> None:
+    """Every cached block that nobody holds (parked, evictable, findable by a hit) holds the KV of
+    exactly its tokens: a hit on it must read what computing them would write."""
+    cache = manager.prefix_cache
+    if cache is None:
+        return
+    bs = manager.block_size
+    for block in cache.evictable:
+        tokens = cache.block_tokens[block]
+        for off in range(bs):
+            kv = executor.device.get((block, off))
+            assert kv is not None and kv[-1] == tokens[off], (
+                f"parked cached block {block} slot {off} holds another sequence's KV or none"
+            )
 
 
 def check_invariants(manager: BlockManager) -> None:

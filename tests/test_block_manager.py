@@ -18,6 +18,13 @@ def admit(m, group):
     return plan, copies
 
 
+def free_computed(m, seq):
+    """Free a sequence whose prompt step ran (its KV written): a prompt stopped before it has
+    nothing in its blocks, and they are not kept in the prefix cache (chunked prefill)."""
+    seq.num_computed_tokens = len(seq.token_ids)
+    m.free(seq)
+
+
 def finish_step(group, token=7):
     """What post-processing does: the scheduled tokens are computed, one token is appended."""
     for s in group.seqs:
@@ -135,7 +142,7 @@ def test_prefix_cache_hit_reuses_full_blocks_of_a_finished_request():
     first = make_group(0, range(10))
     admit(m, first)
     first_table = list(m.get_block_table(first.seqs[0]))
-    m.free(first.seqs[0])
+    free_computed(m, first.seqs[0])
     assert m.gpu.num_free == 16  # cached blocks are free (evictable)
     second = make_group(1, list(range(8)) + [50, 51, 52])
     plan, _ = admit(m, second)
@@ -150,7 +157,7 @@ def test_full_hit_still_computes_the_last_token():
     m = manager(block_size=4, caching=True)
     a = make_group(0, range(8))
     admit(m, a)
-    m.free(a.seqs[0])
+    free_computed(m, a.seqs[0])
     b = make_group(1, range(8))
     plan, _ = admit(m, b)
     assert b.seqs[0].num_computed_tokens == 4 and plan.num_new_tokens == 4
@@ -175,12 +182,12 @@ def test_reused_block_is_not_found_under_its_old_content():
     m = manager(num_gpu_blocks=4, block_size=4, caching=True)
     a = make_group(0, range(16), max_tokens=1)
     admit(m, a)
-    m.free(a.seqs[0])
+    free_computed(m, a.seqs[0])
     assert m.prefix_cache.num_evictable == 4
     b = make_group(1, [9] * 16, max_tokens=1)  # evicts all of a's blocks
     admit(m, b)
     assert m.prefix_cache.lookup(chain_hash(ROOT_HASH, (0, 1, 2, 3)), (0, 1, 2, 3)) is None
-    m.free(b.seqs[0])
+    free_computed(m, b.seqs[0])
     c = make_group(2, range(16), max_tokens=1)
     plan, _ = admit(m, c)
     assert c.seqs[0].num_computed_tokens == 0 and plan.num_new_tokens == 16
@@ -190,7 +197,7 @@ def test_eviction_is_lru_and_tails_go_first():
     m = manager(num_gpu_blocks=6, block_size=4, caching=True)
     a = make_group(0, range(12), max_tokens=1)  # 3 blocks
     admit(m, a)
-    m.free(a.seqs[0])
+    free_computed(m, a.seqs[0])
     b = make_group(1, [7] * 4 + [8], max_tokens=1)  # 2 new blocks: from the free list
     admit(m, b)
     assert m.prefix_cache.num_evictable == 3
@@ -303,7 +310,7 @@ def test_placement_takes_cache_hits_as_existing_blocks():
     a = make_group(0, range(10))
     admit(m, a)
     table_a = list(m.get_block_table(a.seqs[0]))
-    m.free(a.seqs[0])
+    free_computed(m, a.seqs[0])
     placement = m.can_allocate(make_group(1, list(range(8)) + [50])).detail
     assert placement.tables == [[table_a[0], table_a[1], NewBlock(0)]]
     assert placement.num_computed == [8]

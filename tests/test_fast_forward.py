@@ -90,7 +90,7 @@ requests = st.lists(
 @given(
     reqs=requests,
     system=st.sampled_from(SYSTEMS),
-    composition=st.sampled_from(["separate", "mixed"]),
+    composition=st.sampled_from(["separate", "mixed", "chunked"]),
     preemption=st.sampled_from(["auto", "recompute", "swap"]),
     block_size=st.sampled_from([1, 4, 16, 256]),  # 256: a first step whose append finds no block
     n=st.sampled_from([1, 1, 2, 3]),
@@ -125,7 +125,9 @@ def test_fast_forward_equals_stepping(
         block_size=block_size,
         kv_cache_gib=kv_gib,
         swap_space_gib=0.01,
-        step_composition=composition,
+        step_composition="mixed" if composition == "chunked" else composition,
+        enable_chunked_prefill=composition == "chunked",
+        max_num_batched_tokens=32 if composition == "chunked" else 2560,
         preemption_mode=preemption,
         enable_prefix_caching=sharing == "cache",
         max_num_seqs=16,

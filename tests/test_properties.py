@@ -26,7 +26,13 @@ from paged import (
     SharedPrefix,
 )
 from paged.sequence import FINISHED
-from tests.shadow import ShadowExecutor, brute_force_usage, check_contents, check_invariants
+from tests.shadow import (
+    ShadowExecutor,
+    brute_force_usage,
+    check_contents,
+    check_invariants,
+    check_parked_blocks,
+)
 
 request = st.fixed_dictionaries(
     {
@@ -49,6 +55,9 @@ setup = st.fixed_dictionaries(
         "prefix_caching": st.booleans(),
         "mode": st.sampled_from(["auto", "recompute", "swap"]),
         "max_num_seqs": st.sampled_from([2, 4, 256]),
+        # chunked: mixed steps with chunked prefill under a budget of `budget` tokens
+        "composition": st.sampled_from(["separate", "mixed", "chunked", "chunked"]),
+        "budget": st.sampled_from([4, 7, 16]),
         "prefix": st.lists(st.integers(0, 3), min_size=1, max_size=12),
     }
 )
@@ -62,11 +71,14 @@ def run_workload(cfg, requests, check_every_step=True):
         watermark=cfg["watermark"],
         enable_prefix_caching=cfg["prefix_caching"],
     )
+    chunked = cfg.get("composition") == "chunked"
     sched_cfg = SchedulerConfig(
-        max_num_batched_tokens=64,
-        max_num_seqs=cfg["max_num_seqs"],
+        max_num_batched_tokens=cfg["budget"] if chunked else 64,
+        max_num_seqs=min(cfg["max_num_seqs"], cfg["budget"]) if chunked else cfg["max_num_seqs"],
         max_model_len=64,
         preemption_mode=cfg["mode"],
+        step_composition="mixed" if chunked else cfg.get("composition", "separate"),
+        enable_chunked_prefill=chunked,
     )
     manager = BlockManager(cache, sched_cfg.max_model_len)
     scheduler = Scheduler(sched_cfg, manager)
@@ -107,6 +119,7 @@ def run_workload(cfg, requests, check_every_step=True):
         if check_every_step:
             check_invariants(manager)
             check_contents(manager, executor, scheduler.running + scheduler.swapped)
+            check_parked_blocks(manager, executor)
             usage = manager.usage(scheduler.running)
             usage.check()
             assert (usage.token_states, usage.reservation, usage.internal_fragmentation) == (

@@ -48,7 +48,10 @@ class ContractExecutor(NullExecutor):
             assert list(out.block_tables[seq.seq_id]) == list(self.memory.get_block_table(seq))
             start, end = out.compute_range(seq)
             if seq.seq_id in out.prefill_ranges:
-                assert out.is_prefill and (start, end) == (seq.num_computed_tokens, len(seq.token_ids))
+                assert out.is_prefill and start == seq.num_computed_tokens
+                # a chunk ends before the prompt does (chunked prefill), and then samples nothing
+                partial = any(seq in g.seqs for g in out.partial_prefills)
+                assert end == len(seq.token_ids) or (end < len(seq.token_ids) and partial)
             else:
                 assert (start, end) == (len(seq.token_ids) - 1, len(seq.token_ids))
         # The prompt groups are the last num_prefill_groups (all of a separate prompt step's); the
@@ -80,7 +83,7 @@ request = st.fixed_dictionaries(
     num_gpu_blocks=st.sampled_from([16, 32, 64]),
     mode=st.sampled_from(["auto", "recompute", "swap"]),
     caching=st.booleans(),
-    composition=st.sampled_from(["separate", "mixed"]),
+    composition=st.sampled_from(["separate", "mixed", "chunked"]),
     requests=st.lists(request, min_size=1, max_size=10),
 )
 def test_the_scheduler_output_carries_the_policy_state(
@@ -94,12 +97,18 @@ def test_the_scheduler_output_carries_the_policy_state(
         watermark=0.0,
         enable_prefix_caching=caching and vllm,
     )
+    chunked = composition == "chunked"
     sched_cfg = SchedulerConfig(
-        max_num_batched_tokens=64, max_model_len=64, preemption_mode=mode, step_composition=composition
+        max_num_batched_tokens=8 if chunked else 64,
+        max_num_seqs=8 if chunked else 256,
+        max_model_len=64,
+        preemption_mode=mode,
+        step_composition="mixed" if chunked else composition,
+        enable_chunked_prefill=chunked,
     )
     memory, sched_cfg = build_system(system, cache, sched_cfg)
     scheduler = Scheduler(sched_cfg, memory)
-    executor = ContractExecutor(memory, mixed=composition == "mixed")
+    executor = ContractExecutor(memory, mixed=composition != "separate")
     engine = Engine(scheduler, executor)
     prefix = SharedPrefix("p", [1, 2, 3, 1, 2, 3])
     groups = [

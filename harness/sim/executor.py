@@ -46,9 +46,10 @@ class SimulatedExecutor(NullExecutor):
             num_decode_groups = len(groups) - out.num_prefill_groups
             if num_decode_groups or decode:  # a mixed step: its decoding groups come first
                 num_seqs, context = decode or _decode_shape(groups[:num_decode_groups])
-                ms = cm.mixed(_prefill_shape(groups[num_decode_groups:]), num_seqs, context).total_ms
+                prompts = _prefill_shape(groups[num_decode_groups:], out.prefill_ranges)
+                ms = cm.mixed(prompts, num_seqs, context).total_ms
             else:
-                ms = cm.prefill(_prefill_shape(groups)).total_ms
+                ms = cm.prefill(_prefill_shape(groups, out.prefill_ranges)).total_ms
         else:
             num_seqs, context = decode or _decode_shape(out.scheduled_groups)
             ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
@@ -106,7 +107,8 @@ def prefill_shape(out: SchedulerOutput) -> list[tuple[int, int]]:
     """(new tokens, cached tokens) of each sequence a prompt step computes (a mixed step: of its
     prompt groups, the last `num_prefill_groups`)."""
     groups = out.scheduled_groups
-    return _prefill_shape(groups[len(groups) - out.num_prefill_groups :] if out.is_prefill else [])
+    prompts = groups[len(groups) - out.num_prefill_groups :] if out.is_prefill else []
+    return _prefill_shape(prompts, out.prefill_ranges)
 
 
 def decode_shape(out: SchedulerOutput) -> tuple[int, int]:
@@ -115,14 +117,16 @@ def decode_shape(out: SchedulerOutput) -> tuple[int, int]:
     return _decode_shape(groups[: len(groups) - out.num_prefill_groups] if out.is_prefill else groups)
 
 
-def _prefill_shape(groups) -> list[tuple[int, int]]:
+def _prefill_shape(groups, ranges: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """(new tokens, cached tokens) of each sequence of the prompt groups that computes: its range in
+    the step (a chunk, under chunked prefill)."""
     seqs = []
     for g in groups:
         for s in g.seqs:
             if s.status is _RUNNING:
-                q = len(s.token_ids) - s.num_computed_tokens
-                if q > 0:
-                    seqs.append((q, s.num_computed_tokens))
+                start, end = ranges[s.seq_id]
+                if end > start:
+                    seqs.append((end - start, start))
     return seqs
 
 
