@@ -38,6 +38,7 @@ def build_system(
             sched,
             batching="request",
             enable_chunked_prefill=False,  # a static batch's prompt step is the whole batch's
+            policy="fcfs",  # and it is never preempted for another
             max_num_seqs=batch,
             # A static batch's prompts run together, however long: no token budget splits it.
             max_num_batched_tokens=max(sched.max_num_batched_tokens, batch * sched.max_model_len),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from paged.config import PREEMPTION_MODES, STEP_COMPOSITIONS
+from paged.config import PREEMPTION_MODES, SCHEDULING_POLICIES, STEP_COMPOSITIONS
 
 # The real backend's KV memory when kv_cache_gib is unset: the hardware presets' capacity is for the
 # paper's GPUs, not for the machine the real model runs on.
@@ -40,6 +40,9 @@ class ServerConfig:
     # Chunked prefill (Sarathi-Serve, vLLM's enable_chunked_prefill): prompts cut into chunks so that
     # each step computes at most max_num_batched_tokens, decodes first; needs step_composition=mixed
     enable_chunked_prefill: bool = False
+    # fcfs | priority (vLLM's scheduling_policy): under priority, requests are served in (priority,
+    # arrival) order, lower first, and a waiting one preempts running ones of a lower priority
+    scheduling_policy: str = "fcfs"
     watermark: float = 0.01  # share of blocks kept free when admitting prompts
     enable_prefix_caching: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
@@ -100,6 +103,11 @@ class ServerConfig:
             raise ValueError(
                 "enable_chunked_prefill puts decodes and prompt chunks in one step: set "
                 f"step_composition=mixed (got {self.step_composition!r})"
+            )
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(
+                f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, "
+                f"got {self.scheduling_policy!r}"
             )
         if self.kv_sizing not in KV_SIZING:
             raise ValueError(f"kv_sizing must be one of {', '.join(KV_SIZING)}, got {self.kv_sizing!r}")

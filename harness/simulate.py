@@ -111,6 +111,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         preemption_mode=s.preemption_mode,
         step_composition=s.step_composition,
         enable_chunked_prefill=s.enable_chunked_prefill,
+        policy=s.scheduling_policy,
     )
     memory, sched_cfg = build_system(
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREEMPTION_MODES = ("auto", "recompute", "swap")
+SCHEDULING_POLICIES = ("fcfs", "priority")
 STEP_COMPOSITIONS = ("separate", "mixed")
 BATCHING = ("iteration", "request")
 
@@ -92,6 +93,10 @@ class SchedulerConfig:
     # step computes at most max_num_batched_tokens tokens; a long prompt spans several steps and no
     # step stalls the decodes for a whole prompt (docs/scheduler.md).
     enable_chunked_prefill: bool = False
+    # fcfs: every queue in arrival order (the paper). priority (vLLM's scheduling_policy="priority"):
+    # in (SequenceGroup.priority, arrival) order, lower first; a waiting group that cannot be admitted
+    # preempts running groups of a lower priority (docs/scheduler.md).
+    policy: str = "fcfs"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {self.max_num_seqs!r}")
@@ -122,6 +127,14 @@ class SchedulerConfig:
             f"with chunked prefill every running sequence's decode takes one token of the step's "
             f"budget, so max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
             f"max_num_seqs ({self.max_num_seqs}); raise the first or lower the second",
+        )
+        _require(
+            self.policy in SCHEDULING_POLICIES,
+            f"policy must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.policy!r}",
+        )
+        _require(
+            self.policy == "fcfs" or self.batching == "iteration",
+            'policy="priority" preempts running requests for waiting ones: it needs batching="iteration"',
         )
         _require(
             self.preemption_mode in PREEMPTION_MODES,

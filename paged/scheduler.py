@@ -38,6 +38,10 @@ def _arrival(group: SequenceGroup) -> float:
     return group.arrival_time
 
 
+def _priority(group: SequenceGroup) -> tuple[int, float]:
+    return group.priority, group.arrival_time
+
+
 class Scheduler:
     """FCFS over three queues: waiting (new and recompute-preempted), running, swapped."""
 
@@ -59,9 +63,27 @@ class Scheduler:
         # done but finish, with the batch, only when its last member is done.
         self._padded_batch: tuple[int, int] | None = None
         self._held: list[SequenceGroup] = []
+        # The order of every queue, and of preemption (the last goes first): arrival under fcfs,
+        # (priority, arrival) under the priority policy.
+        self._priority = config.policy == "priority"
+        self._order = _priority if self._priority else _arrival
 
     def add(self, group: SequenceGroup) -> None:
-        self.waiting.append(group)
+        if self._priority:
+            self._insert_waiting(group)
+        else:
+            self.waiting.append(group)
+
+    def _insert_waiting(self, group: SequenceGroup) -> None:
+        """Put a group into the waiting queue in scheduling order, after those that go no later (an
+        arrival or a recompute-preempted group; both land near the end or head of their class)."""
+        order = self._order
+        key = order(group)
+        waiting = self.waiting
+        i = len(waiting)
+        while i and order(waiting[i - 1]) > key:
+            i -= 1
+        waiting.insert(i, group)
 
     @property
     def has_unfinished(self) -> bool:
@@ -94,6 +116,8 @@ class Scheduler:
         out = SchedulerOutput()
         if self._pending_copies:
             out.blocks_to_copy, self._pending_copies = self._pending_copies, []
+        if self._priority and self.waiting and self.running and not self.swapped:
+            self._preempt_for_priority(out, now)
         if self.config.enable_chunked_prefill:
             self._schedule_chunked(out, now)
         elif self.config.step_composition == "mixed":
@@ -133,6 +157,27 @@ class Scheduler:
         self.admit_into_decode(out, now, out.num_seqs)  # decoding and swapped-in: one token each
         out.scheduled_groups = self.running
 
+    def _preempt_for_priority(self, out: SchedulerOutput, now: float) -> None:
+        """Priority preemption (vLLM v0's `_schedule_priority_preemption`): while the waiting head
+        goes before the last running group and cannot be admitted now (memory, token or sequence
+        budget), preempt that group. Victims are recomputed whatever the preemption mode: a swapped
+        group would stop all admission until it came back (section 4.5), the head's included."""
+        head = self.waiting[0]
+        order = self._order
+        self._sort_running()
+        mixed = self.config.step_composition == "mixed"
+        while self.running and order(self.running[-1]) > order(head):
+            num_seqs = self._num_running_seqs()
+            verdict, _ = self._head_verdict(head, num_seqs if mixed else 0, num_seqs, idle=False)
+            if verdict != "wait":
+                break
+            self._preempt(self.running.pop(), out, now, mode="recompute")
+
+    def _sort_running(self) -> None:
+        if not self._running_sorted:
+            self.running.sort(key=self._order)
+            self._running_sorted = True
+
     def _schedule_chunked(self, out: SchedulerOutput, now: float) -> None:
         """A chunked-prefill step (Sarathi-Serve's stall-free batching): every decode, swap-in as in
         a mixed step, then the prompts in progress in arrival order, then new prompts, each prompt
@@ -142,9 +187,7 @@ class Scheduler:
         if self.swapped and not out.blocks_to_swap_out:
             self._swap_in(out)
             self._reject_unswappable(out, now)
-        if not self._running_sorted:
-            self.running.sort(key=_arrival)
-            self._running_sorted = True
+        self._sort_running()
         budget = self.config.max_num_batched_tokens
         decoding, prompts = [], []
         num_tokens = 0
@@ -370,7 +413,7 @@ class Scheduler:
                     out.prefill_ranges[seq.seq_id] = (start, end)
             if group.metrics.first_scheduled_time is None:
                 group.metrics.first_scheduled_time = now
-            if self.running and group.arrival_time < self.running[-1].arrival_time:
+            if self.running and self._order(group) < self._order(self.running[-1]):
                 self._running_sorted = False
             self.running.append(group)
             out.scheduled_groups.append(group)
@@ -381,9 +424,7 @@ class Scheduler:
         out.num_seqs = num_admitted
 
     def _decode(self, out: SchedulerOutput, now: float) -> None:
-        if not self._running_sorted:
-            self.running.sort(key=_arrival)
-            self._running_sorted = True
+        self._sort_running()
         memory = self.memory
         can_append_slots = memory.can_append_slots
         append_slot = memory.append_slot
@@ -414,8 +455,10 @@ class Scheduler:
         self.running = kept
         out.num_seqs = num_seqs
 
-    def _preempt(self, group: SequenceGroup, out: SchedulerOutput, now: float) -> None:
-        mode = self.config.preemption_mode
+    def _preempt(
+        self, group: SequenceGroup, out: SchedulerOutput, now: float, mode: str | None = None
+    ) -> None:
+        mode = mode or self.config.preemption_mode
         if mode == "auto":
             mode = "recompute" if group.max_num_running_seqs == 1 else "swap"
         if mode == "swap" and not self.memory.can_swap_out(group):
@@ -428,7 +471,9 @@ class Scheduler:
                     self.memory.free(seq)
                     seq.status = _WAITING
                     seq.num_computed_tokens = 0
-            if self.config.step_composition == "mixed":
+            if self._priority:
+                self._insert_waiting(group)  # before every lower-priority group
+            elif self.config.step_composition == "mixed":
                 self._requeue_by_arrival(group)
             else:
                 self.waiting.appendleft(group)
@@ -459,7 +504,7 @@ class Scheduler:
         waiting.insert(i, group)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
-        self.swapped.sort(key=_arrival)
+        self.swapped.sort(key=self._order)
         memory = self.memory
         num_seqs = self._num_running_seqs()
         while self.swapped:
@@ -561,13 +606,11 @@ class Scheduler:
         stepping on random workloads."""
         if not self.running or self._pending_copies:
             return None
-        if not self._running_sorted:  # as _decode would, first thing
-            self.running.sort(key=_arrival)
-            self._running_sorted = True
+        self._sort_running()  # as _decode would, first thing
         if self.swapped:
             # Swap-in is tried every step (no step of a run swaps out); it must fail, and then it
             # keeps failing: the swapped group needs a fixed number of free blocks.
-            self.swapped.sort(key=_arrival)  # as _swap_in would
+            self.swapped.sort(key=self._order)  # as _swap_in would
             if not self._swap_in_blocked(self.swapped[0], self._num_running_seqs()):
                 return None
             return "steady"  # admission waits while any group is swapped out
@@ -579,11 +622,16 @@ class Scheduler:
         if num_seqs is None:
             num_seqs = self._num_running_seqs()
         num_tokens = num_seqs if self.config.step_composition == "mixed" else 0  # the decodes
-        verdict, _ = self._head_verdict(self.waiting[0], num_tokens, num_seqs, idle=False)
+        head = self.waiting[0]
+        if self._priority and self._order(head) < self._order(self.running[-1]):
+            return None  # it may preempt running groups (_preempt_for_priority)
+        verdict, _ = self._head_verdict(head, num_tokens, num_seqs, idle=False)
         if verdict == "wait" and getattr(self.memory, "prefix_cache", None) is not None:
             # A block the batch fills may be one of the head's prompt blocks (a prefix-cache hit),
             # lowering what it needs: its verdict is asked again at every step.
             return None
+        if verdict == "wait" and self._priority:
+            return "until_arrival"  # an arrival of a higher priority goes to the head of the queue
         return {"wait": "steady", "admit": "admit"}.get(verdict)
 
     def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:

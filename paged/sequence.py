@@ -151,8 +151,12 @@ class SequenceGroup:
         arrival_time: float = 0.0,
         prefix: SharedPrefix | None = None,
         eos_token_id: int | None = None,
+        priority: int = 0,
     ) -> None:
         self.request_id = request_id
+        # Lower is served first under SchedulerConfig.policy="priority" (vLLM's convention); ignored
+        # under fcfs.
+        self.priority = priority
         self.sampling_params = sampling_params
         self.prefix = prefix
         self.eos_token_id = eos_token_id

@@ -98,9 +98,21 @@ requests = st.lists(
     kv_gib=st.sampled_from([0.004, 0.01, 0.05]),
     sharing=st.sampled_from(["none", "prefix", "cache"]),
     memory_every=st.sampled_from([1, 3]),
+    policy=st.sampled_from(["fcfs", "priority"]),
 )
 def test_fast_forward_equals_stepping(
-    monkeypatch, reqs, system, composition, preemption, block_size, n, beam, kv_gib, sharing, memory_every
+    monkeypatch,
+    reqs,
+    system,
+    composition,
+    preemption,
+    block_size,
+    n,
+    beam,
+    kv_gib,
+    sharing,
+    memory_every,
+    policy,
 ):
     """Random workloads on a small cache (so that runs preempt, swap and queue): identical outcome."""
     if system != "vllm":
@@ -118,7 +130,9 @@ def test_fast_forward_equals_stepping(
             params = SamplingParams(
                 n=n, max_tokens=max_tokens, ignore_eos=True, use_beam_search=beam and n > 1
             )
-            out.append(SequenceGroup(str(i), tokens, params, t, prefix if prefix and i % 2 else None))
+            group = SequenceGroup(str(i), tokens, params, t, prefix if prefix and i % 2 else None)
+            group.priority = (i * 7) % 3
+            out.append(group)
         return out
 
     server = ServerConfig(
@@ -131,6 +145,7 @@ def test_fast_forward_equals_stepping(
         preemption_mode=preemption,
         enable_prefix_caching=sharing == "cache",
         max_num_seqs=16,
+        scheduling_policy=policy,
     )
 
     def cfg(ff: bool) -> SimConfig:

@@ -43,6 +43,7 @@ request = st.fixed_dictionaries(
         "arrival_step": st.integers(0, 8),
         "use_prefix": st.booleans(),
         "abort_step": st.one_of(st.none(), st.none(), st.integers(0, 30)),  # a client going away
+        "priority": st.integers(0, 2),  # used under policy="priority"
     }
 )
 
@@ -58,6 +59,7 @@ setup = st.fixed_dictionaries(
         # chunked: mixed steps with chunked prefill under a budget of `budget` tokens
         "composition": st.sampled_from(["separate", "mixed", "chunked", "chunked"]),
         "budget": st.sampled_from([4, 7, 16]),
+        "policy": st.sampled_from(["fcfs", "priority"]),
         "prefix": st.lists(st.integers(0, 3), min_size=1, max_size=12),
     }
 )
@@ -79,6 +81,7 @@ def run_workload(cfg, requests, check_every_step=True):
         preemption_mode=cfg["mode"],
         step_composition="mixed" if chunked else cfg.get("composition", "separate"),
         enable_chunked_prefill=chunked,
+        policy=cfg.get("policy", "fcfs"),
     )
     manager = BlockManager(cache, sched_cfg.max_model_len)
     scheduler = Scheduler(sched_cfg, manager)
@@ -94,7 +97,12 @@ def run_workload(cfg, requests, check_every_step=True):
         )
         groups.append(
             SequenceGroup(
-                str(i), prompt, params, arrival_time=r["arrival_step"], prefix=prefix if use_prefix else None
+                str(i),
+                prompt,
+                params,
+                arrival_time=r["arrival_step"],
+                prefix=prefix if use_prefix else None,
+                priority=r.get("priority", 0),
             )
         )
     pending = sorted(groups, key=lambda g: g.arrival_time)

@@ -73,6 +73,7 @@ request = st.fixed_dictionaries(
         "beam": st.booleans(),
         "arrival": st.integers(0, 6),
         "use_prefix": st.booleans(),
+        "priority": st.integers(0, 2),
     }
 )
 
@@ -84,10 +85,11 @@ request = st.fixed_dictionaries(
     mode=st.sampled_from(["auto", "recompute", "swap"]),
     caching=st.booleans(),
     composition=st.sampled_from(["separate", "mixed", "chunked"]),
+    policy=st.sampled_from(["fcfs", "priority"]),
     requests=st.lists(request, min_size=1, max_size=10),
 )
 def test_the_scheduler_output_carries_the_policy_state(
-    system, num_gpu_blocks, mode, caching, composition, requests
+    system, num_gpu_blocks, mode, caching, composition, policy, requests
 ):
     vllm = system == "vllm"
     cache = CacheConfig(
@@ -105,6 +107,7 @@ def test_the_scheduler_output_carries_the_policy_state(
         preemption_mode=mode,
         step_composition="mixed" if chunked else composition,
         enable_chunked_prefill=chunked,
+        policy=policy if system != "fastertransformer" else "fcfs",
     )
     memory, sched_cfg = build_system(system, cache, sched_cfg)
     scheduler = Scheduler(sched_cfg, memory)
@@ -118,6 +121,7 @@ def test_the_scheduler_output_carries_the_policy_state(
             SamplingParams(max_tokens=r["max_tokens"], n=r["n"], use_beam_search=r["beam"], ignore_eos=True),
             arrival_time=float(r["arrival"]),
             prefix=prefix if r["use_prefix"] and vllm else None,
+            priority=r["priority"],
         )
         for i, r in enumerate(requests)
     ]
