@@ -28,7 +28,11 @@ SOURCE = Path(__file__).parent / "csrc" / "paged_decode.c"
 # x86-64-v2 (SSE4.2, the portable path), x86-64-v3 (AVX2 + FMA), x86-64-v4 (AVX-512); the tests build
 # and check each one this processor can run (tests/test_native_isa.py).
 MARCH = os.environ.get("PAGELAB_NATIVE_MARCH", "native")
-FLAGS = ["-O3", f"-march={MARCH}", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", f"-march={MARCH}", "-ffast-math", "-fopenmp", "-fPIC"]
+# Linked in a second command without -ffast-math: a shared object linked with it carries GCC's
+# crtfastmath.o, whose constructor turns on flush-to-zero for the whole process when the library
+# loads, and every float computation after it (numpy's included) would lose its subnormals.
+LINK = ["-shared", "-fopenmp"]
 CACHE = Path(os.environ.get("PAGELAB_CACHE", Path.home() / ".cache" / "pagelab")) / "kernels"
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -46,18 +50,20 @@ def _build() -> ctypes.CDLL | None:
     if cc is None:
         build_error = NO_COMPILER
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, "|", *LINK]).encode()).hexdigest()[:16]
     path = CACHE / f"paged_decode_{key}.so"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-            out = Path(tmp) / path.name
-            proc = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                build_error = f"{cc} failed: {proc.stderr[-2000:]}"
-                return None
+            out, obj = Path(tmp) / path.name, Path(tmp) / "paged_decode.o"
+            for cmd in (
+                [cc, *FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+                [cc, *LINK, str(obj), "-o", str(out), "-lm"],
+            ):
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    build_error = f"{cc} failed: {proc.stderr[-2000:]}"
+                    return None
             os.replace(out, path)  # atomic: parallel processes may build at once
     lib = ctypes.CDLL(str(path))
     fn = lib.paged_decode_attention

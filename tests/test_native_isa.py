@@ -49,3 +49,19 @@ def test_each_instruction_set_build_matches_the_references(march, needs, tmp_pat
     proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"-march={march}" in proc.stdout
+
+
+def test_loading_the_native_library_keeps_subnormals():
+    """The library is linked without -ffast-math: GCC's crtfastmath.o would switch flush-to-zero on
+    for the whole process at load, and numpy would then round 1e-40 to zero."""
+    code = """
+import numpy as np
+from pagelab_kernels import cpu_native
+assert cpu_native.available(), cpu_native.build_error
+assert np.float32(1e-40) * np.float32(1.0) != 0, "flush-to-zero is on"
+print("ok")
+"""
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
