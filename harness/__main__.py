@@ -26,11 +26,13 @@ register()
 def main(cfg: DictConfig) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
-    from harness.experiment import ExperimentError, run_experiment
+    from harness.experiment import ExperimentError, import_plugins, run_experiment
     from harness.workload import WorkloadError
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     try:
+        # Plug-ins first: a policy they register is checked by name when the config is built.
+        import_plugins(Config(plugins=list(cfg.plugins)))
         plain: Config = OmegaConf.to_object(cfg)  # runs the presets' own checks (ModelSpec, ...)
         run_experiment(plain, config_yaml)
     except (ExperimentError, WorkloadError, ValueError, FileNotFoundError, OmegaConfBaseException) as e:

@@ -29,6 +29,12 @@ SWEEPABLE = {
     "n": "workload.n",
     "beam_width": "workload.n",  # with workload.use_beam_search
     "prefix_len": "workload.prefix_len",
+    # Chunked prefill (docs/scheduler.md): true needs system.step_composition=mixed, false a budget of
+    # at least max_model_len (sweep_exclude leaves such combinations out of a grid).
+    "enable_chunked_prefill": "system.enable_chunked_prefill",
+    "max_num_batched_tokens": "system.max_num_batched_tokens",
+    "scheduling_policy": "system.scheduling_policy",
+    "prefix_eviction": "system.prefix_eviction",
 }
 
 
@@ -59,6 +65,11 @@ class WorkloadConf:
     # chatbot: null keeps the built-in table; a probability builds multi-turn histories as the artifact
     # did, each request starting a new conversation with this probability (docs/workloads.md)
     new_conversation_prob: float | None = None
+    # Priority classes (system.scheduling_policy=priority serves lower first): each request draws its
+    # class independently with these shares (seeded); points.csv then reports each class's latency
+    # (docs/metrics.md). Empty: every request has priority 0.
+    priority_classes: list[int] = field(default_factory=list)
+    priority_shares: list[float] = field(default_factory=list)
     # Workload settings that differ by system, over the rest: the artifact's chatbot runs used a new-
     # conversation probability of 0.5 for vLLM and 0.1 for Orca. Keys are system names.
     by_system: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -132,6 +143,10 @@ class Config:
     rates_by_system: dict[str, list[float]] = field(default_factory=dict)
     duration_s: float = 3600.0  # trace length
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # other parameters: keys of SWEEPABLE
+    # Combinations of the sweep's grid not run: each entry maps some swept keys to one of their values,
+    # and every combination with all of those values is left out, e.g. [{enable_chunked_prefill: false,
+    # max_num_batched_tokens: 512}] (without chunking a step must hold a whole prompt).
+    sweep_exclude: list[dict[str, Any]] = field(default_factory=list)
     capacity_threshold: float = 0.5  # s/token: capacity is the highest rate below it
     slo: SLOConf = field(default_factory=SLOConf)  # SLOs: attainment, goodput, SLO capacity
     capacity_search: CapacitySearchConf = field(default_factory=CapacitySearchConf)
@@ -150,6 +165,9 @@ class Config:
     # [start, end] seconds of the run the artifact-style metrics average over (the artifact's plots cut
     # e.g. [300, 900] s of a 900 s run: docs/metrics.md); None: the whole run
     metrics_window_s: list[float] | None = None
+    # Python modules imported before anything runs: your own scheduling policies (register_policy) or
+    # other plug-ins (docs/extending.md), e.g. [my_policies]; recorded in config.yaml with the rest
+    plugins: list[str] = field(default_factory=list)
     results_dir: str = "results"
     resume: bool = True  # continue the latest unfinished run of the same configuration
     workers: int = 0  # processes running points in parallel; 0: one per CPU core

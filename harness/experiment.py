@@ -21,6 +21,8 @@ from harness.metrics import (
     SLO_COLUMNS,
     artifact_metrics,
     check_window,
+    class_columns,
+    class_metrics,
     slo_metrics,
     step_series,
 )
@@ -36,7 +38,15 @@ from harness.results import (
 )
 from harness.simulate import BACKENDS, SimConfig, build, simulate
 from harness.step_series import save_series, series_path
-from harness.workload import Workload, chatbot, load_lengths_csv, shared_prefix, synthetic, trace_workload
+from harness.workload import (
+    Workload,
+    assign_priorities,
+    chatbot,
+    load_lengths_csv,
+    shared_prefix,
+    synthetic,
+    trace_workload,
+)
 from paged.block_manager import BlockManager
 
 
@@ -74,8 +84,26 @@ def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# points.csv's prefix-cache statistics, with system.enable_prefix_caching (docs/metrics.md)
+PREFIX_CACHE_COLUMNS = ("prefix_hit_rate", "prefix_hit_blocks", "prefix_evictions")
+
+
+def import_plugins(cfg: Config) -> None:
+    """Import the modules cfg.plugins names (docs/extending.md): their register_policy calls run."""
+    import importlib
+
+    for name in cfg.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ExperimentError(
+                f"plugins: cannot import {name!r} ({e}); put the module on PYTHONPATH or fix its name"
+            ) from None
+
+
 def validate(cfg: Config) -> None:
     """Impossible combinations fail here, each with one sentence naming the fix."""
+    import_plugins(cfg)
     if cfg.backend.name not in BACKENDS:
         raise ExperimentError(f"backend must be sim or real, got {cfg.backend.name!r}")
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
@@ -127,16 +155,48 @@ def validate(cfg: Config) -> None:
             raise ExperimentError(f"cannot sweep {key!r}: sweepable parameters are {', '.join(SWEEPABLE)}")
         if not values:
             raise ExperimentError(f"sweep.{key} lists no values")
-    for values in itertools.product(*cfg.sweep.values()):
+        if key == "enable_chunked_prefill" and any(not isinstance(v, bool) for v in values):
+            raise ExperimentError(f"sweep.enable_chunked_prefill lists true or false, got {list(values)}")
+        if key == "max_num_batched_tokens" and any(type(v) is not int for v in values):
+            raise ExperimentError(f"sweep.max_num_batched_tokens lists numbers of tokens, got {list(values)}")
+    for entry in cfg.sweep_exclude:
+        unknown = [k for k in entry if k not in cfg.sweep]
+        if not entry or unknown:
+            raise ExperimentError(
+                f"sweep_exclude entry {dict(entry)} must name swept keys ({', '.join(cfg.sweep) or 'none'})"
+            )
+        for k, v in entry.items():
+            if _fmt(v) not in {_fmt(x) for x in cfg.sweep[k]}:
+                raise ExperimentError(f"sweep_exclude entry {dict(entry)}: {v!r} is not in sweep.{k}")
+    if not sweep_grid(cfg):
+        raise ExperimentError("sweep_exclude leaves out every combination of the sweep")
+    for values in sweep_grid(cfg):
+        params = list(zip(cfg.sweep, values))
         try:  # every point's server settings pass ServerConfig's own checks
-            _apply(cfg, zip(cfg.sweep, values))
+            _apply(cfg, params)
         except ValueError as e:
-            raise ExperimentError(f"sweep {dict(zip(cfg.sweep, values))}: {e}") from None
+            raise ExperimentError(f"sweep {dict(params)}: {e}") from None
     for bs in cfg.sweep.get("block_size", [cfg.system.block_size]):
         if bs & (bs - 1) and any(s != "vllm" for s in cfg.systems):
             raise ExperimentError(
                 f"block_size {bs} is not a power of two, which the contiguous baselines need"
             )
+    if cfg.sweep and cfg.backend.name == "sim":
+        # and the scheduler's, which a point would meet only in its worker (cheap to build in the
+        # simulator): e.g. whole prompts with a budget under max_model_len
+        for values in sweep_grid(cfg):
+            params = list(zip(cfg.sweep, values))
+            for system in cfg.systems:
+                try:
+                    build(sim_config(_apply(cfg, params), system))
+                except ValueError as e:
+                    raise ExperimentError(f"sweep {dict(params)}, {system}: {e}") from None
+    classes, shares = list(cfg.workload.priority_classes), list(cfg.workload.priority_shares)
+    if len(classes) != len(shares) or len(set(classes)) != len(classes) or any(not x > 0 for x in shares):
+        raise ExperimentError(
+            f"workload.priority_classes {classes} and priority_shares {shares} must list distinct classes "
+            "and one positive share each, e.g. priority_classes=[0,1] priority_shares=[0.2,0.8]"
+        )
     bad = {k: v for k, v in cfg.slo.limits().items() if not v > 0}
     if bad:
         raise ExperimentError(f"SLO limits are positive seconds (or null: not checked), got {bad}")
@@ -155,12 +215,24 @@ def validate(cfg: Config) -> None:
                 raise ExperimentError(f"capacity_search for {system}: {e}") from None
 
 
-def points(cfg: Config) -> list[Point]:
+def sweep_grid(cfg: Config) -> list[tuple]:
+    """The combinations of swept values that run, in the order of cfg.sweep: the grid (their product)
+    less every combination that matches an entry of cfg.sweep_exclude; [()] without a sweep."""
     keys = list(cfg.sweep)
     grid = list(itertools.product(*(cfg.sweep[k] for k in keys))) or [()]
+
+    def excluded(values) -> bool:
+        named = {k: _fmt(v) for k, v in zip(keys, values)}
+        return any(all(named.get(k) == _fmt(v) for k, v in e.items()) for e in cfg.sweep_exclude)
+
+    return [values for values in grid if not excluded(values)]
+
+
+def points(cfg: Config) -> list[Point]:
+    keys = list(cfg.sweep)
     return [
         Point(system, float(rate), tuple(zip(keys, values)))
-        for values in grid
+        for values in sweep_grid(cfg)
         for system in cfg.systems
         for rate in rates_for(cfg, system)
     ]
@@ -198,7 +270,7 @@ def search_points(cfg: Config, rows: list[dict]) -> list[Point]:
         group = (r["system"], *(_fmt(r[k]) for k in keys))
         measured.setdefault(group, {})[float(r["request_rate"])] = float(r["slo_attainment"])
     out = []
-    for values in list(itertools.product(*(cfg.sweep[k] for k in keys))) or [()]:
+    for values in sweep_grid(cfg):
         for system in cfg.systems:
             group = (system, *(_fmt(v) for v in values))
             rate = bisection(cfg, system).next_rate(measured.get(group, {}))
@@ -221,14 +293,29 @@ def _apply(cfg: Config, params) -> Config:
             )
         elif key == "prefix_len":
             workload = replace(workload, prefix_len=int(value))
+        elif key == "enable_chunked_prefill":
+            system = replace(system, enable_chunked_prefill=value)
+        elif key == "max_num_batched_tokens":
+            system = replace(system, max_num_batched_tokens=value)
+        elif key == "scheduling_policy":
+            system = replace(system, scheduling_policy=str(value))
+        elif key == "prefix_eviction":
+            system = replace(system, prefix_eviction=str(value))
     return replace(cfg, system=system, workload=workload)
 
 
 def make_workload(cfg: Config, rate: float, system: str | None = None) -> Workload:
-    """The trace one point replays: the workload settings, with `workload.by_system[system]` applied."""
+    """The trace one point replays: the workload settings, with `workload.by_system[system]` applied,
+    and each request's priority class (harness.workload.assign_priorities)."""
     w = cfg.workload
     if system is not None and w.by_system.get(system):
         w = replace(w, **dict(w.by_system[system]))
+    return assign_priorities(
+        _lengths_and_arrivals(cfg, w, rate), list(w.priority_classes), list(w.priority_shares), w.seed
+    )
+
+
+def _lengths_and_arrivals(cfg: Config, w, rate: float) -> Workload:
     data = dict(data_path=w.data_path, arrivals=w.arrivals)
     if w.kind == "synthetic":
         return synthetic(
@@ -288,6 +375,7 @@ def sim_config(cfg: Config, system: str) -> SimConfig:
 def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
     """One simulated run: its points.csv row, its per-request records and its per-step series (the
     parent process writes them all: a worker does not know the run directory)."""
+    import_plugins(cfg)  # a worker process started afresh has not imported them
     pcfg = _apply(cfg, point.params)
     workload = make_workload(pcfg, point.rate, point.system)
     t0 = time.perf_counter()
@@ -298,6 +386,14 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
     row.update(artifact_metrics(series, cfg.metrics_window_s))
     if cfg.slo.limits():
         row.update(slo_metrics(result.groups, **cfg.slo.limits()))
+    cache = getattr(result.engine.scheduler.memory, "prefix_cache", None)
+    if cache is not None:  # automatic prefix caching (docs/metrics.md)
+        queried = cache.num_queried_blocks
+        row["prefix_hit_rate"] = cache.num_hit_blocks / queried if queried else float("nan")
+        row["prefix_hit_blocks"] = cache.num_hit_blocks
+        row["prefix_evictions"] = cache.num_evictions
+    if cfg.workload.priority_classes:
+        row.update(class_metrics(result.groups, list(cfg.workload.priority_classes), cfg.slo.limits()))
     if cfg.backend.name == "real":
         # The generated tokens themselves, so that runs of different systems can be compared token by token.
         row["output_digest"] = _digest(result.groups)
@@ -326,6 +422,8 @@ def run_experiment(cfg: Config, config_yaml: str, progress: bool = True) -> Path
         POINT_COLUMNS
         + [k for k in cfg.sweep]
         + (list(SLO_COLUMNS) if cfg.slo.limits() else [])
+        + class_columns(list(cfg.workload.priority_classes), bool(cfg.slo.limits()))
+        + (list(PREFIX_CACHE_COLUMNS) if cfg.system.enable_prefix_caching else [])
         + [
             "num_completed",
             "num_rejected",

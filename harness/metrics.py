@@ -155,6 +155,37 @@ def slo_metrics(
     return out
 
 
+CLASS_COLUMNS = (  # per priority class c, as class<c>_<name> (docs/metrics.md)
+    "num_requests",
+    "num_completed",
+    "normalized_latency",
+    "mean_ttft_ms",
+    "p99_ttft_ms",
+    "p99_tpot_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
+)
+
+
+def class_columns(classes: list[int], with_slo: bool) -> list[str]:
+    names = CLASS_COLUMNS + (("slo_attainment",) if with_slo else ())
+    return [f"class{c}_{name}" for c in classes for name in names]
+
+
+def class_metrics(groups: list[SequenceGroup], classes: list[int], slo: dict | None = None) -> dict:
+    """The latency metrics of each priority class's requests alone (request_metrics, slo_metrics);
+    slo: the limits given (SLOConf.limits()), if any."""
+    out: dict = {}
+    for c in classes:
+        members = [g for g in groups if g.priority == c]
+        m = request_metrics(members)
+        for name in CLASS_COLUMNS:
+            out[f"class{c}_{name}"] = m[name]
+        if slo:
+            out[f"class{c}_slo_attainment"] = slo_metrics(members, **slo)["slo_attainment"]
+    return out
+
+
 # The per-step record as columns: what step_metrics and the artifact-style variants read, and what a
 # run keeps in steps/<point>.npz (harness/step_series.py). Memory columns are NaN on steps without a
 # Figure 2 sample (`memory_every`).

@@ -1,10 +1,12 @@
 """The run's figures as PNG: normalized latency vs rate (Figure 12), batched requests (Figure 13), the
 memory breakdown (Figure 2), and capacity against each swept parameter; with an SLO (cfg.slo), output
-throughput against p99 TPOT and p99 TTFT (Pareto fronts) and SLO attainment against rate."""
+throughput against p99 TPOT, p99 TTFT and p99 inter-token latency (Pareto fronts) and SLO attainment
+against rate."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +49,32 @@ def _series(rows: list[dict], cfg: Config):
     return out
 
 
+# The second and later lines of one system (a sweep) get a marker and line style of their own, so that
+# lines that coincide stay visible (chunked_prefill's arms often do).
+SWEEP_MARKERS = ["o", "s", "^", "D", "v", "P"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _styles(series) -> list[dict]:
+    """plot() keywords of each line of `series`: its system's marker; past a system's first line, the
+    k-th line's own hollow marker and line style."""
+    seen: dict[str, int] = {}
+    out = []
+    for _, system, _, _ in series:
+        k = seen[system] = seen.get(system, -1) + 1
+        if k == 0:
+            out.append({"marker": MARKERS.get(system, ".")})
+        else:
+            out.append(
+                {
+                    "marker": SWEEP_MARKERS[k % len(SWEEP_MARKERS)],
+                    "ls": LINESTYLES[k % len(LINESTYLES)],
+                    "mfc": "none",
+                }
+            )
+    return out
+
+
 def _title(cfg: Config) -> str:
     gpus = f"{cfg.tensor_parallel_size} x " if cfg.tensor_parallel_size > 1 else ""
     return f"{cfg.model.name} on {gpus}{cfg.hardware.name}, {cfg.workload.dataset} ({cfg.name})"
@@ -67,8 +95,22 @@ def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Co
     _memory_plot(run_dir / "memory_waste.png", series, cfg)
     for key in cfg.sweep:
         _capacity_plot(run_dir / f"capacity_vs_{key}.png", capacity_rows, key, cfg)
+        if len({r["request_rate"] for r in rows}) == 1:  # one load (Figure 19's kind): the latency itself
+            rate = rows[0]["request_rate"]
+            ylabel = f"Normalized latency at {rate} req/s (s/token, log scale)"
+            _capacity_plot(
+                run_dir / f"normalized_latency_vs_{key}.png",
+                rows,
+                key,
+                cfg,
+                "normalized_latency",
+                ylabel,
+                True,
+            )
     if cfg.slo.limits():
         _slo_plots(run_dir, series, capacity_rows, cfg)
+    if cfg.workload.priority_classes:
+        _class_plot(run_dir / "class_latency.png", series, list(cfg.workload.priority_classes), cfg)
     for key in ("n", "beam_width", "prefix_len"):
         if key in cfg.sweep and "vllm" in cfg.systems:
             _sharing_plot(run_dir / f"sharing_saving_vs_{key}.png", rows, key, cfg)
@@ -76,8 +118,8 @@ def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Co
 
 def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for label, system, rates, pts in series:
-        ax.plot(rates, [float(p[column]) for p in pts], marker=MARKERS.get(system, "."), label=label)
+    for (label, _, rates, pts), style in zip(series, _styles(series)):
+        ax.plot(rates, [float(p[column]) for p in pts], label=label, **style)
     if threshold is not None:
         ax.axhline(
             threshold, color="grey", lw=0.8, ls="--", label=f"capacity threshold ({threshold} s/token)"
@@ -85,6 +127,37 @@ def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> 
     if ymax is not None:
         ax.set_ylim(0, ymax)
     _finish(fig, ax, path, "Request rate (req/s)", ylabel, _title(cfg))
+
+
+def _class_plot(path, series, classes: list[int], cfg) -> None:
+    """Priority classes: p99 TTFT (left) and p99 end-to-end latency (right) of each class against the
+    rate, one colour per line (system and swept values), one line style per class."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=150)
+    styles = ["-", "--", ":", "-."]
+    for ax, (column, title) in zip(
+        axes, (("p99_ttft_ms", "p99 TTFT"), ("p99_e2el_ms", "p99 end-to-end latency"))
+    ):
+        for i, (label, system, rates, pts) in enumerate(series):
+            for j, c in enumerate(classes):
+                ax.plot(
+                    rates,
+                    [float(p[f"class{c}_{column}"]) / 1e3 for p in pts],
+                    color=f"C{i}",
+                    ls=styles[j % len(styles)],
+                    marker=MARKERS.get(system, "."),
+                    label=f"{label}, priority {c}",
+                )
+        log = column == "p99_ttft_ms"  # TTFT spans queueing (tens of s) and a prompt step (0.1 s)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("Request rate (req/s)")
+        ax.set_ylabel(f"{title} (s{', log scale' if log else ''})")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(_title(cfg), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _memory_plot(path, series, cfg) -> None:
@@ -109,6 +182,8 @@ def _memory_plot(path, series, cfg) -> None:
             if h >= 6:
                 ax.text(j, b + h / 2, f"{h:.1f}", ha="center", va="center", fontsize=7, color="white")
         bottoms = [b + h for b, h in zip(bottoms, heights)]
+    # Long labels (several swept values) wrapped, so that the rotated text stays inside the figure
+    labels = [textwrap.fill(label, 32) for label in labels]
     ax.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("KV cache memory used (%)")
     ax.set_ylim(0, 100)
@@ -119,22 +194,32 @@ def _memory_plot(path, series, cfg) -> None:
     plt.close(fig)
 
 
-def _capacity_plot(path, capacity_rows, key, cfg, column="capacity_rps", ylabel=None) -> None:
+def _capacity_plot(path, capacity_rows, key, cfg, column="capacity_rps", ylabel=None, logy=False) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     others = [k for k in cfg.sweep if k != key]
     lines: dict[tuple, list[dict]] = {}
     for r in capacity_rows:
         lines.setdefault((r["system"], *(r[k] for k in others)), []).append(r)
-    for (system, *values), pts in lines.items():
+    # The swept values as evenly spaced ticks in their own order (numbers by value, whatever the
+    # order each line lists them in); capacities from zero, so that small differences look small.
+    ticks = sorted({str(r[key]) for r in capacity_rows}, key=_num)
+    series = [(None, system, None, None) for system, *_ in lines]
+    for ((system, *values), pts), style in zip(lines.items(), _styles(series)):
         pts = sorted(pts, key=lambda p: _num(p[key]))
         extra = ", ".join(f"{k}={v}" for k, v in zip(others, values))
         label = LABELS.get(system, system) + (f" ({extra})" if extra else "")
-        ax.plot(
-            [str(p[key]) for p in pts],
-            [float(p[column]) for p in pts],
-            marker=MARKERS.get(system, "."),
-            label=label,
-        )
+        xs = [ticks.index(str(p[key])) for p in pts]
+        (line,) = ax.plot(xs, [float(p[column]) for p in pts], label=label, **style)
+        if column == "slo_capacity_rps":  # the bracket the search or the grid left: met to missed
+            for x, p in zip(xs, pts):
+                met, missed = float(p["slo_rate_met"]), float(p["slo_rate_missed"])
+                if not (math.isnan(met) or math.isnan(missed)):
+                    ax.vlines(x, met, missed, colors=line.get_color(), lw=3, alpha=0.35)
+    ax.set_xticks(range(len(ticks)), ticks)
+    if logy:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])
     ylabel = ylabel or f"Capacity (req/s at {cfg.capacity_threshold} s/token)"
     _finish(fig, ax, path, key, ylabel, _title(cfg))
 
@@ -174,8 +259,9 @@ def _num(v):
 
 
 def _slo_plots(run_dir: Path, series, capacity_rows: list[dict], cfg: Config) -> None:
-    """With an SLO: throughput against tail latency (p99 TPOT, p99 TTFT) with each line's Pareto front,
-    SLO attainment against rate with the target, and the SLO capacity against each swept parameter."""
+    """With an SLO: throughput against tail latency (p99 TPOT, p99 TTFT, p99 ITL) with each line's
+    Pareto front, SLO attainment against rate with the target, and the SLO capacity against each swept
+    parameter (with the bracket it was read from)."""
     slo = cfg.slo
     tpot = (slo.tpot_s * 1e3, f"TPOT limit ({slo.tpot_s * 1e3:g} ms)") if slo.tpot_s is not None else None
     ttft = (slo.ttft_s, f"TTFT limit ({slo.ttft_s:g} s)") if slo.ttft_s is not None else None
@@ -184,6 +270,16 @@ def _slo_plots(run_dir: Path, series, capacity_rows: list[dict], cfg: Config) ->
     )
     _pareto_plot(
         run_dir / "throughput_vs_p99_ttft.png", series, "p99_ttft_ms", 1e-3, "p99 TTFT (s)", ttft, cfg
+    )
+    # The gaps between tokens, which the SLOs do not limit: what a prompt step stalls (chunked prefill)
+    _pareto_plot(
+        run_dir / "throughput_vs_p99_itl.png",
+        series,
+        "p99_itl_ms",
+        1.0,
+        "p99 inter-token latency (ms)",
+        None,
+        cfg,
     )
     _attainment_plot(run_dir / "slo_attainment.png", series, capacity_rows, cfg)
     for key in cfg.sweep:
@@ -216,17 +312,18 @@ def _pareto_plot(path, series, column, scale, xlabel, limit, cfg) -> None:
     front drawn through its points (labelled with their rates), the dominated points hollow."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     xs_all, labels, any_dominated = [], [], False
-    for label, system, rates, pts in series:
+    for (label, _, rates, pts), style in zip(series, _styles(series)):
         xy = [(float(p[column]) * scale, float(p["output_throughput"])) for p in pts]
         rate_of = {xy_i: r for xy_i, r in zip(xy, rates)}
         front = pareto_front(xy)
         if not front:
             continue
-        (line,) = ax.plot(*zip(*front), marker=MARKERS.get(system, "."), label=label)
+        # Filled markers on the front: hollow ones here mean dominated points
+        (line,) = ax.plot(*zip(*front), label=label, **{k: v for k, v in style.items() if k != "mfc"})
         dominated = [p for p in xy if p not in front and not (math.isnan(p[0]) or math.isnan(p[1]))]
         if dominated:
-            style = dict(marker=MARKERS.get(system, "."), facecolors="none", alpha=0.6)
-            ax.scatter(*zip(*dominated), edgecolors=line.get_color(), **style)
+            hollow = dict(marker=style["marker"], facecolors="none", alpha=0.6)
+            ax.scatter(*zip(*dominated), edgecolors=line.get_color(), **hollow)
             any_dominated = True
         labels += [(x, y, rate_of[(x, y)]) for x, y in front]
         xs_all += [x for x, _ in xy if not math.isnan(x) and x > 0]
@@ -258,9 +355,9 @@ def _attainment_plot(path, series, capacity_rows, cfg) -> None:
     """SLO attainment (% of requests meeting every SLO) against request rate, the target as a line and
     each line's SLO capacity as a dotted drop line from it."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for label, system, rates, pts in series:
+    for (label, system, rates, pts), style in zip(series, _styles(series)):
         values = [100 * float(p["slo_attainment"]) for p in pts]
-        (line,) = ax.plot(rates, values, marker=MARKERS.get(system, "."), label=label)
+        (line,) = ax.plot(rates, values, label=label, **style)
         cap = next(
             (
                 c

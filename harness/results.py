@@ -174,6 +174,7 @@ def request_rows(groups) -> list[dict]:
                 "num_seqs": len(g.seqs),
                 "num_preemptions": len(m.preemption_times),
                 "num_swaps": m.num_swaps,
+                "priority": g.priority,
                 "rejected": g.reject_reason or "",
             }
         )
@@ -189,6 +190,7 @@ REQUEST_COLUMNS = [
     "prompt_len",
     "output_len",
     "num_seqs",
+    "priority",
     "num_preemptions",
     "num_swaps",
     "rejected",

@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from paged.config import PREEMPTION_MODES, SCHEDULING_POLICIES, STEP_COMPOSITIONS
+from paged.config import PREEMPTION_MODES, STEP_COMPOSITIONS
+from paged.policy import POLICIES
 
 # The real backend's KV memory when kv_cache_gib is unset: the hardware presets' capacity is for the
 # paper's GPUs, not for the machine the real model runs on.
 REAL_KV_CACHE_GIB = 0.25
 KV_SIZING = ("profiled", "artifact")
+# Bytes per stored key or value element of each kv_cache_dtype (vLLM's option); auto: the model's dtype.
+KV_CACHE_DTYPES = {"auto": None, "fp16": 2, "bf16": 2, "fp8": 1, "int4": 0.5}
 
 
 @dataclass
@@ -33,18 +36,23 @@ class ServerConfig:
     max_num_batched_tokens: int = 2560  # tokens one step may compute
     max_num_seqs: int = 256  # sequences one step may run
     max_model_len: int | None = None  # None: the model's max_position_embeddings
-    preemption_mode: str = "auto"  # auto | recompute | swap (section 4.5)
+    # auto | recompute | swap (section 4.5) | cost: per victim, the cheaper by predicted time
+    # (paged/preemption.py; the simulator's cost model, the real engine's measured speeds)
+    preemption_mode: str = "auto"
     # separate: prompt-only or decode-only steps (vLLM v0.1 release); mixed: decodes and new prompts
     # in one step (the paper's artifact; docs/paper_fidelity.md)
     step_composition: str = "separate"
     # Chunked prefill (Sarathi-Serve, vLLM's enable_chunked_prefill): prompts cut into chunks so that
     # each step computes at most max_num_batched_tokens, decodes first; needs step_composition=mixed
     enable_chunked_prefill: bool = False
-    # fcfs | priority (vLLM's scheduling_policy): under priority, requests are served in (priority,
-    # arrival) order, lower first, and a waiting one preempts running ones of a lower priority
+    # fcfs | priority (vLLM's scheduling_policy) | a policy registered in paged/policy.py: under
+    # priority, requests are served in (priority, arrival) order, lower first, and a waiting one
+    # preempts running ones of a lower priority
     scheduling_policy: str = "fcfs"
     watermark: float = 0.01  # share of blocks kept free when admitting prompts
     enable_prefix_caching: bool = False
+    # Which unreferenced cached block goes first: lru | lfu | radix (paged/prefix_cache.py)
+    prefix_eviction: str = "lru"
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     # FasterTransformer's batches as the paper's artifact formed them (docs/baselines.md): a request
     # joins the forming batch only while the batch's longest prompt + longest output stays within
@@ -60,6 +68,10 @@ class ServerConfig:
     # profiled: vLLM v0's profiling pass, sampler buffers for max_num_seqs included; artifact: the
     # paper's artifact's closed-form memory analyzer, which does not grow with max_num_seqs.
     kv_sizing: str = "profiled"
+    # The KV cache's element type (vLLM's kv_cache_dtype): auto (the model's), fp16, bf16, fp8, int4.
+    # The simulator sizes the cache and prices KV reads and swaps by it; quantization's own cost and
+    # accuracy are not modelled (docs/simulator.md). The real engine stores the model's dtype.
+    kv_cache_dtype: str = "auto"
     # FasterTransformer's batch size per "<model preset name>/<dataset>" (the artifact set them by hand
     # per model and dataset); used where ft_batch_size is null and the key matches.
     ft_batch_sizes: dict[str, int] = field(default_factory=dict)
@@ -104,10 +116,14 @@ class ServerConfig:
                 "enable_chunked_prefill puts decodes and prompt chunks in one step: set "
                 f"step_composition=mixed (got {self.step_composition!r})"
             )
-        if self.scheduling_policy not in SCHEDULING_POLICIES:
+        if self.scheduling_policy not in POLICIES:
             raise ValueError(
-                f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, "
-                f"got {self.scheduling_policy!r}"
+                f"scheduling_policy must be one of {', '.join(POLICIES)}, got {self.scheduling_policy!r}; "
+                "a policy of your own: register it (paged/policy.py) in a module named in plugins=[...]"
+            )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
             )
         if self.kv_sizing not in KV_SIZING:
             raise ValueError(f"kv_sizing must be one of {', '.join(KV_SIZING)}, got {self.kv_sizing!r}")
@@ -121,6 +137,11 @@ class ServerConfig:
                 )
         if not 0 <= self.watermark < 1:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+
+
+def kv_dtype_bytes(server: ServerConfig) -> float | None:
+    """Bytes per KV element under server.kv_cache_dtype; None: the model's own dtype."""
+    return KV_CACHE_DTYPES[server.kv_cache_dtype]
 
 
 def for_system(server: ServerConfig, system: str) -> ServerConfig:

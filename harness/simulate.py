@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from baselines.registry import SYSTEMS, build_system
 from harness.metrics import summarize
 from harness.overload import OverloadStop
-from harness.server import REAL_KV_CACHE_GIB, ServerConfig, for_system
+from harness.server import REAL_KV_CACHE_GIB, ServerConfig, for_system, kv_dtype_bytes
 from harness.sim.cost_model import CostModel
-from harness.sim.executor import SimulatedExecutor
+from harness.sim.executor import ModelledPreemptionCosts, SimulatedExecutor
 from harness.sim.hardware import GPUSpec, load_hardware
 from harness.sim.kv_capacity import KVCapacity, kv_capacity
 from harness.workload import BUILTIN, Workload, synthetic
@@ -90,8 +90,13 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     gpu: GPUSpec = load_hardware(cfg.hardware)
     tp, s = cfg.tensor_parallel_size, for_system(cfg.server, cfg.system)
     cap = kv_capacity(model, gpu, s, tp)
-    cost = CostModel(model, gpu, tp, s.block_size)
+    cost = CostModel(model, gpu, tp, s.block_size, kv_dtype_bytes=kv_dtype_bytes(s))
     if cfg.backend == "real":
+        if s.kv_cache_dtype != "auto":
+            raise ValueError(
+                f"kv_cache_dtype={s.kv_cache_dtype} is a simulator setting: the real engine stores KV in "
+                "the model's dtype; use backend=sim or kv_cache_dtype=auto"
+            )
         executor, cap = _real_executor(cfg, model, cap)
     else:
         executor = SimulatedExecutor(
@@ -103,6 +108,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         num_cpu_blocks=cap.num_cpu_blocks,
         watermark=s.watermark,
         enable_prefix_caching=s.enable_prefix_caching,
+        prefix_eviction=s.prefix_eviction,
     )
     sched_cfg = SchedulerConfig(
         max_num_batched_tokens=s.max_num_batched_tokens,
@@ -116,8 +122,15 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     memory, sched_cfg = build_system(
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch
     )
+    scheduler = Scheduler(sched_cfg, memory)
+    if sched_cfg.preemption_mode == "cost":
+        scheduler.preemption_costs = (
+            ModelledPreemptionCosts(cost, cfg.time_scale)
+            if cfg.backend != "real"
+            else executor.runner.measure_preemption_costs()
+        )
     engine = Engine(
-        Scheduler(sched_cfg, memory),
+        scheduler,
         executor,
         track_memory=cfg.track_memory,
         memory_every=cfg.memory_every,

@@ -21,7 +21,7 @@ import os
 import re
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import NoReturn
@@ -71,6 +71,7 @@ class Request:
     use_beam_search: bool = False
     prefix_id: str | None = None
     prefix_len: int = 0
+    priority: int = 0  # lower first under the priority scheduling policy
 
 
 @dataclass
@@ -138,11 +139,26 @@ class Workload:
                 ignore_eos=True,
                 temperature=0.0,
             )
-            groups.append(SequenceGroup(r.request_id, own, params, r.arrival_time, prefix=prefix))
+            groups.append(
+                SequenceGroup(r.request_id, own, params, r.arrival_time, prefix=prefix, priority=r.priority)
+            )
         return groups
 
 
 # ---------------------------------------------------------------------- arrivals
+def assign_priorities(workload: Workload, classes: list[int], shares: list[float], seed: int) -> Workload:
+    """Each request's priority class, drawn independently with probabilities `shares` from a generator
+    of its own (the lengths and arrivals are unchanged, and request i gets the same class at every
+    rate: a rate's trace stretches the same requests). No classes: every request keeps priority 0."""
+    if not classes:
+        return workload
+    rng = np.random.default_rng([seed, 0x5052494F])  # "PRIO": apart from the lengths' stream
+    drawn = rng.choice(len(classes), size=len(workload.requests), p=np.asarray(shares) / sum(shares))
+    requests = [replace(r, priority=int(classes[k])) for r, k in zip(workload.requests, drawn)]
+    meta = dict(workload.meta, priority_classes=list(classes), priority_shares=list(shares))
+    return Workload(requests, meta)
+
+
 def arrival_times(
     rate: float, duration_s: float, rng: np.random.Generator, burstiness: float = 1.0
 ) -> np.ndarray:

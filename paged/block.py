@@ -46,8 +46,11 @@ class BlockAllocator:
 
     def take_cached(self, block: int) -> None:
         """Add a reference to a cached block found by a prefix-cache hit, reviving it if parked."""
+        cache = self.prefix_cache
         if self.ref_counts[block] == 0:
-            self.prefix_cache.revive(block)
+            cache.revive(block)
+        if cache is not None and cache.is_cached(block):
+            cache.hit(block)
         self.ref_counts[block] += 1
 
     def decref(self, block: int) -> None:

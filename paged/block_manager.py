@@ -80,7 +80,9 @@ class BlockManager:
         self.num_total_slots = cache_config.num_gpu_slots
         self.watermark_blocks = cache_config.watermark_blocks
         self.max_model_len = max_model_len
-        self.prefix_cache = PrefixCache() if cache_config.enable_prefix_caching else None
+        self.prefix_cache = (
+            PrefixCache(cache_config.prefix_eviction) if cache_config.enable_prefix_caching else None
+        )
         self.gpu = BlockAllocator(cache_config.num_gpu_blocks, self.prefix_cache)
         self.cpu = BlockAllocator(cache_config.num_cpu_blocks)
         self.block_tables: dict[int, list[int]] = {}
@@ -269,8 +271,18 @@ class BlockManager:
                 # layer before any attention of that layer reads the cache (ARCHITECTURE.md).
                 self.seq_block_hashes[seq.seq_id] = list(hashes)
                 bs = self.block_size
+                parent = ROOT_HASH
                 for i, h in enumerate(hashes):
-                    self.prefix_cache.insert(block_table[i], h, tuple(seq.token_ids[i * bs : (i + 1) * bs]))
+                    self.prefix_cache.insert(
+                        block_table[i], h, tuple(seq.token_ids[i * bs : (i + 1) * bs]), parent
+                    )
+                    parent = h
+        if self.prefix_cache is not None and group.prefix is None:
+            # Hit statistics (points.csv): the first sequence's full prompt blocks that a hit could
+            # serve (all but one holding the last token, which is always computed), and those it did.
+            cache = self.prefix_cache
+            cache.num_queried_blocks += (len(seqs[0].token_ids) - 1) // self.block_size
+            cache.num_hit_blocks += placement.num_computed[0] // self.block_size
         self.shared_prefixes.adopt(group, self.block_tables[seqs[0].seq_id])
         return [(src, new_ids[dst.index]) for src, dst in placement.copies]
 
@@ -338,9 +350,10 @@ class BlockManager:
             return
         bs = self.block_size
         block_tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-        h = chain_hash(hashes[-1] if hashes else ROOT_HASH, block_tokens)
+        parent = hashes[-1] if hashes else ROOT_HASH
+        h = chain_hash(parent, block_tokens)
         hashes.append(h)
-        self.prefix_cache.insert(table[i], h, block_tokens)
+        self.prefix_cache.insert(table[i], h, block_tokens, parent)
 
     def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
         """The child shares every block of the parent (beam search, section 4.4): nothing to copy."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PREEMPTION_MODES = ("auto", "recompute", "swap")
-SCHEDULING_POLICIES = ("fcfs", "priority")
+from paged.policy import POLICIES
+from paged.prefix_cache import EVICTION_POLICIES
+
+PREEMPTION_MODES = ("auto", "recompute", "swap", "cost")
 STEP_COMPOSITIONS = ("separate", "mixed")
 BATCHING = ("iteration", "request")
 
@@ -33,6 +35,8 @@ class CacheConfig:
     watermark: float = 0.01
     # Automatic prefix caching: full blocks are found again by a chained hash of their tokens.
     enable_prefix_caching: bool = False
+    # Which unreferenced cached block is evicted first: lru | lfu | radix (paged/prefix_cache.py)
+    prefix_eviction: str = "lru"
 
     def __post_init__(self) -> None:
         _require(
@@ -48,6 +52,10 @@ class CacheConfig:
         _require(
             isinstance(self.num_cpu_blocks, int) and self.num_cpu_blocks >= 0,
             f"num_cpu_blocks must be >= 0, got {self.num_cpu_blocks!r}",
+        )
+        _require(
+            self.prefix_eviction in EVICTION_POLICIES,
+            f"prefix_eviction must be one of {', '.join(EVICTION_POLICIES)}, got {self.prefix_eviction!r}",
         )
         _require(
             0.0 <= self.watermark < 1.0,
@@ -72,6 +80,7 @@ class SchedulerConfig:
     max_model_len: int = 2048
     # recompute | swap | auto. auto is vLLM v0's rule: recompute single-sequence groups (cheaper),
     # swap multi-sequence groups (parallel samples, beams), whose shared blocks recompute would duplicate.
+    # cost: per victim, the cheaper of the two by predicted time (paged/preemption.py).
     preemption_mode: str = "auto"
     # iteration: requests join and leave the batch at every step (Orca, vLLM). request: a batch is
     # admitted only when the previous one has entirely finished (FasterTransformer).
@@ -93,9 +102,9 @@ class SchedulerConfig:
     # step computes at most max_num_batched_tokens tokens; a long prompt spans several steps and no
     # step stalls the decodes for a whole prompt (docs/scheduler.md).
     enable_chunked_prefill: bool = False
-    # fcfs: every queue in arrival order (the paper). priority (vLLM's scheduling_policy="priority"):
-    # in (SequenceGroup.priority, arrival) order, lower first; a waiting group that cannot be admitted
-    # preempts running groups of a lower priority (docs/scheduler.md).
+    # A name in paged/policy.py's POLICIES: fcfs, every queue in arrival order (the paper); priority
+    # (vLLM's scheduling_policy="priority"), in (SequenceGroup.priority, arrival) order, lower first,
+    # and a waiting group that cannot be admitted preempts running groups of a lower priority.
     policy: str = "fcfs"
 
     def __post_init__(self) -> None:
@@ -129,12 +138,14 @@ class SchedulerConfig:
             f"max_num_seqs ({self.max_num_seqs}); raise the first or lower the second",
         )
         _require(
-            self.policy in SCHEDULING_POLICIES,
-            f"policy must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.policy!r}",
+            self.policy in POLICIES,
+            f"policy must be one of {', '.join(POLICIES)} (paged/policy.py; register_policy adds one), "
+            f"got {self.policy!r}",
         )
         _require(
             self.policy == "fcfs" or self.batching == "iteration",
-            'policy="priority" preempts running requests for waiting ones: it needs batching="iteration"',
+            f"policy={self.policy!r} orders requests within the running batch: it needs "
+            'batching="iteration" (a static batch runs in arrival order)',
         )
         _require(
             self.preemption_mode in PREEMPTION_MODES,

@@ -56,10 +56,22 @@ def kv_blocks_from_profile(total_bytes: int, utilization: float, peak_bytes: int
 CPU_KV_CACHE_GIB = 4.0  # vLLM's CPU backend's default KV space (VLLM_CPU_KVCACHE_SPACE)
 
 
+# vLLM v0's default step budget with chunked prefill ("the best ITL on A100", vllm-project/vllm#4580;
+# later releases use 2048)
+CHUNKED_PREFILL_BATCHED_TOKENS = 512
+
+
 class LLM:
     """The offline engine. The KV cache is sized, in this order: `kv_cache_gib` when given; on CUDA by
     profiling the largest step's peak memory and keeping `gpu_memory_utilization` of the device; on
-    CPU 4 GiB (vLLM's CPU default)."""
+    CPU 4 GiB (vLLM's CPU default).
+
+    `enable_chunked_prefill` (vLLM's parameter; docs/scheduler.md, "Chunked prefill"): decodes and
+    prompt chunks share each step (`step_composition="mixed"`), a step computing at most
+    `max_num_batched_tokens` tokens; unset, that budget is vLLM's 512 (at least `max_num_seqs`, since
+    every decode takes one token of it). Without chunking the budget defaults to max(2560,
+    max_model_len), as the paper's vLLM: a whole prompt must fit one step. Greedy tokens are the same
+    either way."""
 
     def __init__(
         self,
@@ -76,6 +88,7 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         preemption_mode: str = "auto",
         tensor_parallel_size: int = 1,
+        enable_chunked_prefill: bool = False,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -102,11 +115,19 @@ class LLM:
             raise ValueError(
                 f"max_model_len {max_len} exceeds the model's {cfg.max_position_embeddings} positions"
             )
+        if max_num_batched_tokens is None:
+            if enable_chunked_prefill:
+                max_num_batched_tokens = max(CHUNKED_PREFILL_BATCHED_TOKENS, max_num_seqs)
+            else:
+                max_num_batched_tokens = max(2560, max_len)
         self.scheduler_config = SchedulerConfig(
-            max_num_batched_tokens=max_num_batched_tokens or max(2560, max_len),
+            max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
             max_model_len=max_len,
             preemption_mode=preemption_mode,
+            # chunks ride along with the decodes: the mixed steps of the paper's artifact
+            step_composition="mixed" if enable_chunked_prefill else "separate",
+            enable_chunked_prefill=enable_chunked_prefill,
         )
         self.runner = ModelRunner(self.model, 0, block_size, 0, tp_rank=0, tp_size=tp)
         block_bytes = self.runner.block_bytes

@@ -234,6 +234,51 @@ class ModelRunner:
             ones = torch.ones(n, dtype=torch.int32, device=dev)
             self.forward(StepInputs(**common, is_prefill=False, context_lens=ones, logit_rows=rows))
 
+    def measure_preemption_costs(self, num_tokens: int = 128, repeats: int = 3):
+        """The speeds preemption_mode="cost" weighs (paged/preemption.py), measured on this machine
+        before serving: moving blocks to the host and back, and a prefill of `num_tokens` tokens (the
+        best of `repeats` runs each). Writes only into blocks the block manager overwrites before any
+        read; call it before the first request."""
+        import time
+
+        from paged.preemption import MeasuredCosts
+
+        num_gpu, num_cpu = self.kv_cache.shape[2], self.host_cache.shape[2]
+        bs, dev = self.block_size, self.device
+        k = min(8, num_gpu, num_cpu)
+        num_blocks = min(-(-num_tokens // bs), num_gpu)
+        num_tokens = min(num_tokens, num_blocks * bs)
+        if k == 0 or num_tokens == 0:
+            raise ValueError("measuring preemption costs needs device and host KV blocks")
+        pairs = [(i, i) for i in range(k)]
+        pos = torch.arange(num_tokens, device=dev)
+        prefill = StepInputs(
+            input_ids=torch.zeros(num_tokens, dtype=torch.long, device=dev),
+            positions=pos,
+            slot_mapping=pos,  # blocks 0.. in order: slot = position
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
+            is_prefill=True,
+            cu_seqlens=torch.tensor([0, num_tokens], dtype=torch.int32, device=dev),
+            cached_lens=torch.zeros(1, dtype=torch.int32, device=dev),
+            logit_rows=torch.tensor([num_tokens - 1], device=dev),
+        )
+
+        def best(fn) -> float:
+            times = []
+            for _ in range(repeats):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        swap = best(lambda: (self.swap(pairs, to_host=True), self.swap(pairs, to_host=False)))
+        forward = best(lambda: self.forward(prefill))
+        return MeasuredCosts(swap_s_per_block=swap / k, prefill_s_per_token=forward / num_tokens)
+
     # ------------------------------------------------------------------ block operations
     def swap(self, pairs: list[tuple[int, int]], to_host: bool) -> None:
         """Move blocks between the device cache and the host cache (all layers, keys and values)."""

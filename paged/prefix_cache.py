@@ -1,14 +1,27 @@
 """Automatic prefix caching: full blocks found again by a chained hash of their tokens.
 
 The hash of block i covers block i's tokens and, through the previous block's hash, every token
-before it, so one dictionary lookup proves that a whole prefix is resident (vLLM, nano-vllm). Only
-full blocks are cached: a full block is never written again, so sharing it needs no copy-on-write.
-A cached block whose reference count drops to zero is not freed but kept, evictable, in LRU order;
+before it, so one dictionary lookup proves that a whole prefix is resident (vLLM, nano-vllm). The
+chain makes the cached blocks a tree: a block's parent holds the tokens before it (a radix tree over
+blocks). Only full blocks are cached: a full block is never written again, so sharing it needs no
+copy-on-write. A cached block whose reference count drops to zero is not freed but parked, evictable;
 it is revived on a hit and evicted only when the allocator runs out of never-cached free blocks.
+
+Which parked block goes first is an `EvictionPolicy` (the paper leaves it as future work, section 4.5):
+
+- `lru`: the least recently released (vLLM's automatic prefix caching);
+- `lfu`: the fewest hits since it was cached, ties least recently released;
+- `radix`: the least recently released among the leaves, blocks no other cached block continues
+  (SGLang's RadixAttention evicts leaves of its token radix tree): a prefix is never evicted while a
+  longer cached prefix still depends on it, where LRU and LFU can leave a cached tail unreachable
+  behind an evicted middle. Matching stays at block granularity (a partial block is not shared).
+
+`register_eviction` adds a policy; docs/extending.md says what it must do and which tests check it.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 
 ROOT_HASH = 0x9E3779B97F4A7C15  # chain seed for block 0
@@ -19,20 +32,183 @@ def chain_hash(prev_hash: int, token_ids: tuple[int, ...]) -> int:
     return hash((prev_hash, token_ids))
 
 
-class PrefixCache:
-    """hash -> block id, with the evictable (unreferenced) cached blocks in LRU order."""
+class EvictionPolicy:
+    """The parked (unreferenced, cached) blocks and which of them is evicted first. The cache calls
+    `park` when a block loses its last reference, `remove` when a hit takes a parked block back,
+    `hit` on every hit, `pop` to evict, and `leaf` when a parked block's last cached child is dropped
+    (only a policy that evicts leaves needs it)."""
+
+    name = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def park(self, block: int, cache: PrefixCache) -> None:
+        raise NotImplementedError
+
+    def remove(self, block: int) -> None:
+        raise NotImplementedError
+
+    def pop(self, cache: PrefixCache) -> int:
+        raise NotImplementedError
+
+    def hit(self, block: int) -> None:
+        pass
+
+    def leaf(self, block: int, cache: PrefixCache) -> None:
+        pass
+
+    def drop(self, block: int) -> None:
+        """The block left the cache (evicted, or unpublished while in use): forget what is kept on it."""
+
+    def parked(self):
+        """The parked blocks (the allocator's books check them)."""
+        raise NotImplementedError
+
+
+class LRU(EvictionPolicy):
+    """Least recently released first (vLLM). The block manager frees a table tail first, so a prefix
+    outlives the tails that extended it, which makes this close to leaf eviction in most runs."""
+
+    name = "lru"
 
     def __init__(self) -> None:
+        self.order: OrderedDict[int, None] = OrderedDict()  # first = least recently released
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def park(self, block: int, cache: PrefixCache) -> None:
+        self.order[block] = None
+
+    def remove(self, block: int) -> None:
+        del self.order[block]
+
+    def pop(self, cache: PrefixCache) -> int:
+        return self.order.popitem(last=False)[0]
+
+    def parked(self):
+        return self.order.keys()
+
+
+class _Heap(EvictionPolicy):
+    """Parked blocks in a heap by `_rank`, with entries made stale by a revival skipped lazily."""
+
+    def __init__(self) -> None:
+        self.tick = 0
+        self.since: dict[int, int] = {}  # parked block -> tick it was parked at
+        self.heap: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.since)
+
+    def _push(self, block: int, cache: PrefixCache) -> None:
+        heapq.heappush(self.heap, (*self._rank(block, cache), self.since[block], block))
+
+    def _rank(self, block: int, cache: PrefixCache) -> tuple:
+        raise NotImplementedError
+
+    def park(self, block: int, cache: PrefixCache) -> None:
+        self.tick += 1
+        self.since[block] = self.tick
+        self._push(block, cache)
+
+    def remove(self, block: int) -> None:
+        del self.since[block]
+
+    def pop(self, cache: PrefixCache) -> int:
+        while self.heap:
+            *_, tick, block = heapq.heappop(self.heap)
+            if self.since.get(block) == tick:  # still parked since this entry was pushed
+                del self.since[block]
+                return block
+        # Only Radix gets here: every parked block has a cached child that a running sequence holds
+        # under a duplicate of the parent (a prompt computed its own copy of a cached block). Then the
+        # least recently released goes.
+        block = min(self.since, key=self.since.__getitem__)
+        del self.since[block]
+        return block
+
+    def parked(self):
+        return self.since.keys()
+
+
+class LFU(_Heap):
+    """Fewest hits first (counted since the block was cached), ties least recently released."""
+
+    name = "lfu"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: dict[int, int] = {}
+
+    def hit(self, block: int) -> None:
+        self.hits[block] = self.hits.get(block, 0) + 1
+
+    def _rank(self, block: int, cache: PrefixCache) -> tuple:
+        return (self.hits.get(block, 0),)
+
+    def drop(self, block: int) -> None:
+        self.hits.pop(block, None)
+
+
+class Radix(_Heap):
+    """Least recently released leaf first: a parked block with a cached child waits in `since` until
+    its last child is dropped (`leaf`). A parked block's children are all parked too (a sequence that
+    holds a block holds every block before it), so some parked block is always a leaf."""
+
+    name = "radix"
+
+    def _rank(self, block: int, cache: PrefixCache) -> tuple:
+        return ()
+
+    def _push(self, block: int, cache: PrefixCache) -> None:
+        if not cache.num_children.get(cache.block_hash[block]):
+            super()._push(block, cache)
+
+    def leaf(self, block: int, cache: PrefixCache) -> None:
+        if block in self.since:
+            heapq.heappush(self.heap, (self.since[block], block))
+
+
+EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {}
+
+
+def register_eviction(cls: type[EvictionPolicy]) -> type[EvictionPolicy]:
+    """Make an eviction policy selectable by its name (CacheConfig.prefix_eviction)."""
+    EVICTION_POLICIES[cls.name] = cls
+    return cls
+
+
+for _cls in (LRU, LFU, Radix):
+    register_eviction(_cls)
+
+
+class PrefixCache:
+    """hash -> block id, the tree the chained hashes make, the parked blocks and the hit counts."""
+
+    def __init__(self, eviction: str = "lru") -> None:
         self.hash_to_block: dict[int, int] = {}
         self.block_hash: dict[int, int] = {}
         # The tokens of each cached block, compared on every hit: a hash collision must not return
         # another prefix's KV.
         self.block_tokens: dict[int, tuple[int, ...]] = {}
-        self.evictable: OrderedDict[int, None] = OrderedDict()  # first = least recently used
+        self.parent_hash: dict[int, int] = {}  # cached block -> hash of the block before it
+        self.num_children: dict[int, int] = {}  # hash -> cached blocks continuing it
+        self.policy = EVICTION_POLICIES[eviction]()
+        # Counted at admission (BlockManager.allocate): full prompt blocks that could have been hits,
+        # those that were, and the evictions.
+        self.num_queried_blocks = 0
+        self.num_hit_blocks = 0
+        self.num_evictions = 0
 
     @property
     def num_evictable(self) -> int:
-        return len(self.evictable)
+        return len(self.policy)
+
+    @property
+    def evictable(self):
+        return self.policy.parked()
 
     def lookup(self, block_hash: int, token_ids: tuple[int, ...]) -> int | None:
         block = self.hash_to_block.get(block_hash)
@@ -40,7 +216,7 @@ class PrefixCache:
             return None
         return block
 
-    def insert(self, block: int, block_hash: int, token_ids: tuple[int, ...]) -> None:
+    def insert(self, block: int, block_hash: int, token_ids: tuple[int, ...], parent_hash: int) -> None:
         """Publish a full block. If the same content is already cached in another block, keep the
         older entry: both blocks stay valid, only one is findable."""
         if block_hash in self.hash_to_block or block in self.block_hash:
@@ -48,22 +224,28 @@ class PrefixCache:
         self.hash_to_block[block_hash] = block
         self.block_hash[block] = block_hash
         self.block_tokens[block] = token_ids
+        self.parent_hash[block] = parent_hash
+        self.num_children[parent_hash] = self.num_children.get(parent_hash, 0) + 1
 
     def is_cached(self, block: int) -> bool:
         return block in self.block_hash
 
     def park(self, block: int) -> None:
-        """A cached block lost its last reference: keep it for reuse, most recently used last."""
-        self.evictable[block] = None
+        """A cached block lost its last reference: keep it for reuse."""
+        self.policy.park(block, self)
 
     def revive(self, block: int) -> None:
         """A hit on an evictable block takes it out of the evictable set."""
-        del self.evictable[block]
+        self.policy.remove(block)
+
+    def hit(self, block: int) -> None:
+        self.policy.hit(block)
 
     def evict(self) -> int:
-        """Drop the least recently used evictable block from the cache and return it for reuse."""
-        block, _ = self.evictable.popitem(last=False)
+        """Drop the policy's choice of evictable block from the cache and return it for reuse."""
+        block = self.policy.pop(self)
         self.forget(block)
+        self.num_evictions += 1
         return block
 
     def forget(self, block: int) -> None:
@@ -73,3 +255,13 @@ class PrefixCache:
         block_hash = self.block_hash.pop(block)
         del self.hash_to_block[block_hash]
         del self.block_tokens[block]
+        self.policy.drop(block)
+        parent = self.parent_hash.pop(block)
+        left = self.num_children[parent] - 1
+        if left:
+            self.num_children[parent] = left
+        else:
+            del self.num_children[parent]
+            parent_block = self.hash_to_block.get(parent)
+            if parent_block is not None:
+                self.policy.leaf(parent_block, self)

@@ -26,6 +26,8 @@ from collections import deque
 
 from paged.config import SchedulerConfig
 from paged.memory import AllocStatus, KVCacheManager
+from paged.policy import POLICIES
+from paged.preemption import PreemptionCosts
 from paged.sequence import FINISHED, Sequence, SequenceGroup, SequenceStatus, next_seq_id
 from paged.step import Sample, SchedulerOutput
 
@@ -36,10 +38,6 @@ _SWAPPED = SequenceStatus.SWAPPED
 
 def _arrival(group: SequenceGroup) -> float:
     return group.arrival_time
-
-
-def _priority(group: SequenceGroup) -> tuple[int, float]:
-    return group.priority, group.arrival_time
 
 
 class Scheduler:
@@ -57,22 +55,24 @@ class Scheduler:
         # simulated one prices a step by its shape alone, so the Engine turns this off for it
         # (`Executor.needs_block_tables`) and the simulator does not pay a lookup per sequence.
         self.emit_block_tables = True
+        # preemption_mode="cost": predicts each victim's swap and recompute times (paged/preemption.py);
+        # the simulator and the real backend set it.
+        self.preemption_costs: PreemptionCosts | None = None
         self.num_preemptions = 0
         self.num_swapped_blocks = 0  # blocks moved out to host memory, summed over the run
         # pad_batch (FasterTransformer): the running batch's padded shape, and its members that are
         # done but finish, with the batch, only when its last member is done.
         self._padded_batch: tuple[int, int] | None = None
         self._held: list[SequenceGroup] = []
-        # The order of every queue, and of preemption (the last goes first): arrival under fcfs,
-        # (priority, arrival) under the priority policy.
-        self._priority = config.policy == "priority"
-        self._order = _priority if self._priority else _arrival
+        # The order of every queue, and of preemption (the last goes first): paged/policy.py.
+        self.policy = POLICIES[config.policy]()
+        self._order = _arrival if self.policy.by_arrival else self.policy.key
 
     def add(self, group: SequenceGroup) -> None:
-        if self._priority:
-            self._insert_waiting(group)
-        else:
+        if self.policy.by_arrival:
             self.waiting.append(group)
+        else:
+            self._insert_waiting(group)
 
     def _insert_waiting(self, group: SequenceGroup) -> None:
         """Put a group into the waiting queue in scheduling order, after those that go no later (an
@@ -116,7 +116,7 @@ class Scheduler:
         out = SchedulerOutput()
         if self._pending_copies:
             out.blocks_to_copy, self._pending_copies = self._pending_copies, []
-        if self._priority and self.waiting and self.running and not self.swapped:
+        if self.policy.preempts and self.waiting and self.running and not self.swapped:
             self._preempt_for_priority(out, now)
         if self.config.enable_chunked_prefill:
             self._schedule_chunked(out, now)
@@ -461,6 +461,8 @@ class Scheduler:
         mode = mode or self.config.preemption_mode
         if mode == "auto":
             mode = "recompute" if group.max_num_running_seqs == 1 else "swap"
+        elif mode == "cost":
+            mode = self._cheaper_preemption(group)
         if mode == "swap" and not self.memory.can_swap_out(group):
             # vLLM v0 aborted the request here ("lack of CPU swap space"); recomputing loses nothing.
             mode = "recompute"
@@ -471,8 +473,8 @@ class Scheduler:
                     self.memory.free(seq)
                     seq.status = _WAITING
                     seq.num_computed_tokens = 0
-            if self._priority:
-                self._insert_waiting(group)  # before every lower-priority group
+            if not self.policy.by_arrival:
+                self._insert_waiting(group)  # by the policy's order
             elif self.config.step_composition == "mixed":
                 self._requeue_by_arrival(group)
             else:
@@ -489,6 +491,24 @@ class Scheduler:
         group.metrics.preemption_times.append(now)
         self.num_preemptions += 1
         out.preempted.append(group)
+
+    def _cheaper_preemption(self, group: SequenceGroup) -> str:
+        """preemption_mode="cost": swap when moving the group's blocks out and back is predicted to
+        take less time than prefilling its tokens again. A group of several sequences swaps as under
+        "auto": recomputing would duplicate the blocks its sequences share."""
+        if group.max_num_running_seqs > 1:
+            return "swap"
+        costs = self.preemption_costs
+        if costs is None:
+            raise RuntimeError(
+                'preemption_mode="cost" needs Scheduler.preemption_costs (paged/preemption.py): the '
+                "simulator and the real backend set it; set it, or choose auto, swap or recompute"
+            )
+        seq = group.seqs[0]
+        num_blocks = len(set(self.memory.get_block_table(seq)))
+        # Recomputing prefills again the tokens whose KV it drops (the newest is computed either way).
+        swap = costs.swap_s(num_blocks) < costs.recompute_s(seq.num_computed_tokens)
+        return "swap" if swap else "recompute"
 
     def _requeue_by_arrival(self, group: SequenceGroup) -> None:
         """Put a recompute-preempted group back in the waiting queue by arrival time, after the
@@ -576,10 +596,13 @@ class Scheduler:
     @staticmethod
     def fast_forwardable(groups: list[SequenceGroup]) -> bool:
         """Whether these running groups decode plainly, one token per sequence: no beam search (its
-        steps fork and drop sequences: every one is an event), no EOS to watch for, prompt done."""
+        steps fork and drop sequences: every one is an event), no EOS to watch for, prompt done (and
+        not being prefilled again in chunks after a recompute preemption)."""
         for g in groups:
             params = g.sampling_params
             if params.use_beam_search or g.metrics.first_token_time is None:
+                return False
+            if Scheduler._in_prompt(g):  # a recomputed prompt in chunks: its first token is old
                 return False
             if g.eos_token_id is not None and not params.ignore_eos:
                 return False
@@ -623,15 +646,15 @@ class Scheduler:
             num_seqs = self._num_running_seqs()
         num_tokens = num_seqs if self.config.step_composition == "mixed" else 0  # the decodes
         head = self.waiting[0]
-        if self._priority and self._order(head) < self._order(self.running[-1]):
+        if self.policy.preempts and self._order(head) < self._order(self.running[-1]):
             return None  # it may preempt running groups (_preempt_for_priority)
         verdict, _ = self._head_verdict(head, num_tokens, num_seqs, idle=False)
         if verdict == "wait" and getattr(self.memory, "prefix_cache", None) is not None:
             # A block the batch fills may be one of the head's prompt blocks (a prefix-cache hit),
             # lowering what it needs: its verdict is asked again at every step.
             return None
-        if verdict == "wait" and self._priority:
-            return "until_arrival"  # an arrival of a higher priority goes to the head of the queue
+        if verdict == "wait" and not self.policy.by_arrival:
+            return "until_arrival"  # an arrival may go to the head of the queue
         return {"wait": "steady", "admit": "admit"}.get(verdict)
 
     def finish_run(self, stopped: list[tuple[SequenceGroup, Sequence]], now: float) -> list[SequenceGroup]:

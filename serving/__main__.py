@@ -3,6 +3,7 @@
     pagelab serve smollm2-135m                                   # the real checkpoint on this machine
     pagelab serve opt-125m --kv-cache-gib 0.5                    # a preset with random weights
     pagelab serve opt-13b --backend sim --hardware a100-40gb --system orca_oracle   # a simulated A100
+    pagelab serve opt-13b --backend sim --enable-chunked-prefill --max-num-batched-tokens 512
     curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 16}'
 """
@@ -40,6 +41,24 @@ def parser() -> argparse.ArgumentParser:
         "--kv-cache-gib", type=float, default=None, help="KV cache memory (real, CPU: default 4 GiB)"
     )
     ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument(
+        "--enable-chunked-prefill",
+        action="store_true",
+        help="cut prompts into chunks that share each step with the decodes (vLLM's flag; docs/scheduler.md)",
+    )
+    ap.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens one step may compute; default 512 with --enable-chunked-prefill (vLLM's), else "
+        "max(2560, max model length)",
+    )
+    ap.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=256,
+        help="sequences one step may run (with chunked prefill, at most the token budget)",
+    )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument(
         "--dtype",
@@ -72,6 +91,9 @@ def serve(argv: list[str] | None = None) -> None:
             args.dtype,
             args.seed,
             args.served_model_name,
+            enable_chunked_prefill=args.enable_chunked_prefill,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_seqs=args.max_num_seqs,
         )
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

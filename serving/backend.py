@@ -83,16 +83,26 @@ def load_backend(
     dtype: str = "auto",
     seed: int = 0,
     served_name: str | None = None,
+    enable_chunked_prefill: bool = False,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int = 256,
 ) -> Backend:
     """real: the model (checkpoint directory, `smollm2-135m`, or a preset with random weights) on this
-    machine; sim: a model preset's shapes on `hardware`, its steps timed by the cost model."""
+    machine; sim: a model preset's shapes on `hardware`, its steps timed by the cost model.
+    enable_chunked_prefill, max_num_batched_tokens, max_num_seqs: the scheduler's, as `LLM` takes them
+    (chunking runs mixed steps; its budget defaults to vLLM's 512)."""
     from baselines.registry import SYSTEMS, build_system
 
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}: choose one of {', '.join(SYSTEMS)}")
+    sched = dict(
+        enable_chunked_prefill=enable_chunked_prefill,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+    )
     if backend == "sim":
         return _sim_backend(
-            model, system, hardware, kv_cache_gib, max_model_len, block_size, seed, served_name
+            model, system, hardware, kv_cache_gib, max_model_len, block_size, seed, served_name, **sched
         )
     if backend != "real":
         raise ValueError(f"backend must be real or sim, got {backend!r}")
@@ -113,6 +123,7 @@ def load_backend(
         kv_cache_gib=kv_cache_gib,
         max_model_len=max_model_len,
         block_size=block_size,
+        **sched,
     )
     memory, sched_cfg = build_system(system, llm.cache_config, llm.scheduler_config)
     engine = Engine(Scheduler(sched_cfg, memory), RealExecutor(llm.runner, seed=seed))
@@ -133,13 +144,39 @@ def load_backend(
 
 
 def _sim_backend(
-    model, system, hardware, kv_cache_gib, max_model_len, block_size, seed, served_name
+    model,
+    system,
+    hardware,
+    kv_cache_gib,
+    max_model_len,
+    block_size,
+    seed,
+    served_name,
+    enable_chunked_prefill=False,
+    max_num_batched_tokens=None,
+    max_num_seqs=256,
 ) -> Backend:
     from harness.server import ServerConfig
     from harness.simulate import SimConfig, build
+    from paged.llm import CHUNKED_PREFILL_BATCHED_TOKENS
     from paged.presets import load_model
 
-    server = ServerConfig(block_size=block_size, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
+    if max_num_batched_tokens is None:  # as LLM's defaults
+        spec = load_model(model)
+        max_num_batched_tokens = (
+            max(CHUNKED_PREFILL_BATCHED_TOKENS, max_num_seqs)
+            if enable_chunked_prefill
+            else max(2560, max_model_len or spec.max_position_embeddings)
+        )
+    server = ServerConfig(
+        block_size=block_size,
+        kv_cache_gib=kv_cache_gib,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        step_composition="mixed" if enable_chunked_prefill else "separate",
+        enable_chunked_prefill=enable_chunked_prefill,
+    )
     cfg = SimConfig(
         system=system,
         model=model,

@@ -140,6 +140,11 @@ def check_invariants(manager: BlockManager) -> None:
             cache = pool.prefix_cache
             assert all(cache.hash_to_block[h] == b for b, h in cache.block_hash.items())
             assert len(cache.hash_to_block) == len(cache.block_hash)
+            children: dict[int, int] = {}
+            for parent in cache.parent_hash.values():
+                children[parent] = children.get(parent, 0) + 1
+            assert children == cache.num_children, "the cache's tree lost count of its children"
+            assert set(cache.parent_hash) == set(cache.block_hash)
 
 
 def brute_force_usage(manager: BlockManager, groups) -> tuple[int, int, int]:

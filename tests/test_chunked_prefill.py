@@ -247,3 +247,39 @@ def test_real_seeded_sampling_is_identical_with_and_without_chunking():
     got, _, _ = real_tokens(model, 3, params=params)
     assert got == whole
     torch.manual_seed(0)
+
+
+def test_llm_api_with_chunked_prefill_gives_the_same_greedy_tokens(tmp_path, monkeypatch):
+    """`LLM(enable_chunked_prefill=True)` (vLLM's parameter) runs mixed steps with prompts cut to the
+    step's budget, and greedy decoding gives the tokens it gives without chunking (and transformers');
+    the budget defaults to vLLM's 512, at least max_num_seqs."""
+    import paged.llm
+    from paged.llm import LLM
+    from tests.test_model_runner import NEW_TOKENS, PROMPTS, hf_greedy, tiny
+
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "ckpt")
+    engines = []
+
+    class Recording(paged.llm.Engine):  # keeps each generate()'s engine, to read its steps
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            engines.append(self)
+
+    monkeypatch.setattr(paged.llm, "Engine", Recording)
+    kw = dict(model=str(tmp_path / "ckpt"), block_size=4, kv_cache_gib=0.01, seed=0)
+    whole = LLM(**kw)
+    chunked = LLM(**kw, enable_chunked_prefill=True, max_num_batched_tokens=4, max_num_seqs=4)
+    cfg = chunked.scheduler_config
+    assert cfg.enable_chunked_prefill and cfg.step_composition == "mixed" and cfg.max_num_batched_tokens == 4
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    expected = [hf_greedy(model, p, NEW_TOKENS) for p in PROMPTS]
+    assert [o.outputs[0].token_ids for o in whole.generate(PROMPTS, params)] == expected
+    assert [o.outputs[0].token_ids for o in chunked.generate(PROMPTS, params)] == expected
+    steps_whole, steps_chunked = (e.steps for e in engines)
+    assert max(r.num_tokens for r in steps_chunked) <= 4 < max(len(p) for p in PROMPTS)
+    assert sum(r.is_prefill for r in steps_chunked) > sum(r.is_prefill for r in steps_whole)
+    # vLLM's default budget with chunking, raised to max_num_seqs where that is larger
+    assert LLM(**kw, enable_chunked_prefill=True).scheduler_config.max_num_batched_tokens == 512
+    big = LLM(**kw, enable_chunked_prefill=True, max_num_seqs=1024)
+    assert big.scheduler_config.max_num_batched_tokens == 1024

@@ -25,6 +25,7 @@ from harness.overload import OverloadStop
 from harness.simulate import ServerConfig, SimConfig, build, simulate
 from harness.workload import synthetic
 from paged import DecodeRun, SamplingParams, SequenceGroup, SharedPrefix
+from paged.policy import POLICIES
 
 
 def _fresh_ids(monkeypatch) -> None:
@@ -98,7 +99,7 @@ requests = st.lists(
     kv_gib=st.sampled_from([0.004, 0.01, 0.05]),
     sharing=st.sampled_from(["none", "prefix", "cache"]),
     memory_every=st.sampled_from([1, 3]),
-    policy=st.sampled_from(["fcfs", "priority"]),
+    policy=st.sampled_from(sorted(POLICIES)),  # every registered policy (paged/policy.py),
 )
 def test_fast_forward_equals_stepping(
     monkeypatch,

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from harness.capacity import capacity
 from harness.config import CONF_DIR, Config, register
-from harness.experiment import ExperimentError, points, run_experiment, validate
+from harness.experiment import ExperimentError, points, run_experiment, sweep_grid, validate
 from harness.results import POINT_COLUMNS
 
 CONF = str(CONF_DIR)
@@ -62,7 +62,8 @@ def test_every_preset_composes_and_is_possible(exp):
     assert cfg.name == exp
     validate(cfg)
     per_grid = sum(len(cfg.rates_by_system.get(s) or cfg.request_rates) for s in cfg.systems)
-    assert len(points(cfg)) == per_grid * math.prod(len(v) for v in cfg.sweep.values())
+    assert len(points(cfg)) == per_grid * len(sweep_grid(cfg))
+    assert len(sweep_grid(cfg)) == math.prod(len(v) for v in cfg.sweep.values()) or cfg.sweep_exclude
     from harness.datasets import WorkloadError
     from harness.experiment import _probe
 
@@ -282,3 +283,54 @@ def test_smoke_real_runs_the_real_engine_and_systems_agree_token_for_token(tmp_p
     assert {r["system"] for r in rows} == {"vllm", "orca_oracle"}
     assert all(int(r["num_completed"]) == int(r["num_requests"]) > 0 for r in rows)
     assert len({r["output_digest"] for r in rows}) == 1  # greedy: identical tokens under both policies
+
+
+def test_chunked_prefill_sweeps_leave_out_excluded_combinations_and_resume(tmp_path, monkeypatch):
+    """enable_chunked_prefill (a bool) and max_num_batched_tokens are sweepable; sweep_exclude drops the
+    combination the scheduler rejects (whole prompts in a 512-token step); bool values survive the trip
+    through points.csv, so an interrupted capacity search resumes with exactly the points an
+    uninterrupted one runs."""
+    import harness.experiment as experiment
+
+    args = ["exp=chunked_prefill_long", "duration_s=120", "capacity_search.rel_tol=0.3", "workers=1"]
+    args.append("plots=false")
+
+    def run_points(run):
+        rows = list(csv.DictReader(open(run / "points.csv")))
+        keys = ("enable_chunked_prefill", "max_num_batched_tokens", "request_rate")
+        return sorted(tuple(r[k] for k in keys) for r in rows), rows
+
+    cfg, text = load(*args, f"results_dir={tmp_path / 'a'}")
+    assert sweep_grid(cfg) == [(False, 2560), (True, 2560), (True, 512)]
+    expected, rows = run_points(run_experiment(cfg, text, progress=False))
+    assert {e[:2] for e in expected} == {("False", "2560"), ("True", "2560"), ("True", "512")}
+    blocks = {r["max_num_batched_tokens"]: int(r["num_gpu_blocks"]) for r in rows}
+    assert blocks["512"] > blocks["2560"]  # vLLM's profiling: a smaller step leaves more KV
+
+    cfg, text = load(*args, f"results_dir={tmp_path / 'b'}")
+    real, calls = experiment.run_point, []
+
+    def crash_after_four(c, point):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(point)
+        return real(c, point)
+
+    monkeypatch.setattr(experiment, "run_point", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, text, progress=False)
+    calls.clear()
+    monkeypatch.setattr(experiment, "run_point", lambda c, p: (calls.append(p), real(c, p))[1])
+    got, _ = run_points(run_experiment(cfg, text, progress=False))
+    assert got == expected and len(calls) == len(expected) - 4
+
+    # Without the exclusion the scheduler's own check fails before anything runs, naming the fix.
+    cfg, _ = load(*args, "sweep_exclude=[]")
+    with pytest.raises(ExperimentError, match="enable chunked prefill"):
+        validate(cfg)
+    cfg, _ = load(*args, "sweep_exclude=[{max_num_batched_tokens:1024}]")
+    with pytest.raises(ExperimentError, match="not in sweep.max_num_batched_tokens"):
+        validate(cfg)
+    cfg, _ = load(*args, "sweep.enable_chunked_prefill=[0,1]")
+    with pytest.raises(ExperimentError, match="true or false"):
+        validate(cfg)

@@ -141,3 +141,27 @@ def test_settings_by_system():
     assert for_system(s, "orca_max").max_num_seqs == 256 and for_system(s, "vllm").max_num_seqs == 2048
     with pytest.raises(ValueError, match="max_num_seq.*settable"):
         ServerConfig(by_system={"orca_max": {"max_num_seq": 256}})
+
+
+def test_kv_cache_dtype_scales_the_blocks_and_the_kv_reads():
+    """kv_cache_dtype (vLLM's): fp8 holds twice the blocks of fp16 in the same memory and int4 four
+    times (within one block of rounding); a decode step reads fewer KV bytes; a swap moves fewer."""
+    from harness.server import ServerConfig
+    from harness.sim.cost_model import CostModel
+    from harness.sim.hardware import load_hardware
+    from harness.sim.kv_capacity import kv_capacity
+    from paged.presets import load_model
+
+    model, gpu = load_model("opt-13b"), load_hardware("a100_40gb")
+    blocks = {
+        d: kv_capacity(model, gpu, ServerConfig(kv_cache_dtype=d)).num_gpu_blocks
+        for d in ("auto", "fp8", "int4")
+    }
+    assert abs(blocks["fp8"] - 2 * blocks["auto"]) <= 1 and abs(blocks["int4"] - 4 * blocks["auto"]) <= 3
+    fp16, fp8 = CostModel(model, gpu), CostModel(model, gpu, kv_dtype_bytes=1)
+    assert fp8.decode_ms(64, 64 * 1000) < fp16.decode_ms(64, 64 * 1000)
+    assert fp8.swap_ms(100) < fp16.swap_ms(100)
+    import pytest
+
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        ServerConfig(kv_cache_dtype="fp4")

@@ -64,6 +64,8 @@ def engine_greedy(
     )
     scheduler = Scheduler(sched_cfg, memory)
     runner = ModelRunner(model, num_gpu_blocks, block_size, num_cpu_blocks)
+    if mode == "cost":  # measured on this machine before the first request (paged/preemption.py)
+        scheduler.preemption_costs = runner.measure_preemption_costs(num_tokens=16)
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     groups = [SequenceGroup(str(i), p, params) for i, p in enumerate(prompts)]
     Engine(scheduler, RealExecutor(runner)).run(groups)

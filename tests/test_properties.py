@@ -25,6 +25,9 @@ from paged import (
     SequenceStatus,
     SharedPrefix,
 )
+from paged.policy import POLICIES
+from paged.preemption import MeasuredCosts
+from paged.prefix_cache import EVICTION_POLICIES
 from paged.sequence import FINISHED
 from tests.shadow import (
     ShadowExecutor,
@@ -54,12 +57,15 @@ setup = st.fixed_dictionaries(
         "num_cpu_blocks": st.sampled_from([0, 16, 128]),
         "watermark": st.sampled_from([0.0, 0.01, 0.1]),
         "prefix_caching": st.booleans(),
-        "mode": st.sampled_from(["auto", "recompute", "swap"]),
+        "eviction": st.sampled_from(sorted(EVICTION_POLICIES)),  # every registered one
+        "mode": st.sampled_from(["auto", "recompute", "swap", "cost"]),
+        # preemption_mode="cost": seconds per swapped block (out and in) vs per recomputed token
+        "swap_cost": st.sampled_from([0.001, 0.01, 0.1]),
         "max_num_seqs": st.sampled_from([2, 4, 256]),
         # chunked: mixed steps with chunked prefill under a budget of `budget` tokens
         "composition": st.sampled_from(["separate", "mixed", "chunked", "chunked"]),
         "budget": st.sampled_from([4, 7, 16]),
-        "policy": st.sampled_from(["fcfs", "priority"]),
+        "policy": st.sampled_from(sorted(POLICIES)),  # every registered policy (paged/policy.py)
         "prefix": st.lists(st.integers(0, 3), min_size=1, max_size=12),
     }
 )
@@ -72,6 +78,7 @@ def run_workload(cfg, requests, check_every_step=True):
         num_cpu_blocks=cfg["num_cpu_blocks"],
         watermark=cfg["watermark"],
         enable_prefix_caching=cfg["prefix_caching"],
+        prefix_eviction=cfg.get("eviction", "lru"),
     )
     chunked = cfg.get("composition") == "chunked"
     sched_cfg = SchedulerConfig(
@@ -85,6 +92,7 @@ def run_workload(cfg, requests, check_every_step=True):
     )
     manager = BlockManager(cache, sched_cfg.max_model_len)
     scheduler = Scheduler(sched_cfg, manager)
+    scheduler.preemption_costs = MeasuredCosts(cfg.get("swap_cost", 0.01), 0.005)
     executor = ShadowExecutor(manager, seed=1)
     engine = Engine(scheduler, executor, track_memory=True)
     prefix = SharedPrefix("p", cfg["prefix"])

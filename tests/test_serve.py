@@ -422,3 +422,51 @@ def test_incremental_detokenization_gives_the_whole_text():
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert all("\ufffd" not in p for p in pieces)
     assert stopped == text[: text.index("STOP")] and reason == "stop"
+
+
+def test_a_server_with_chunked_prefill_gives_the_same_greedy_tokens():
+    """enable_chunked_prefill and max_num_batched_tokens (`pagelab serve --enable-chunked-prefill
+    --max-num-batched-tokens N`) reach the scheduler: prompts longer than the budget are cut into
+    chunks beside the other requests' decodes, and the greedy completions (fp32) of concurrent
+    requests are those of a server without chunking."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.__main__ import parser
+
+    args = parser().parse_args(["opt-125m", "--enable-chunked-prefill", "--max-num-batched-tokens", "16"])
+    assert args.enable_chunked_prefill and args.max_num_batched_tokens == 16
+    sim = load_backend("opt-13b", backend="sim", enable_chunked_prefill=True).engine.scheduler.config
+    assert sim.enable_chunked_prefill and sim.max_num_batched_tokens == 512  # vLLM's default with chunking
+    prompts = [[2, *range(100 + 7 * i, 100 + 7 * i + n)] for i, n in enumerate((40, 9, 33, 57))]
+    texts = {}
+    for chunked in (False, True):
+        sched = (
+            dict(enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=8) if chunked else {}
+        )
+        backend = load_backend(
+            "opt-125m", backend="real", kv_cache_gib=0.05, max_model_len=256, dtype="float32", **sched
+        )
+        cfg = backend.engine.scheduler.config
+        composition = "mixed" if chunked else "separate"
+        assert cfg.enable_chunked_prefill == chunked and cfg.step_composition == composition
+        num_tokens, engine_step = [], backend.engine.step
+
+        def step(engine_step=engine_step, num_tokens=num_tokens):  # the server keeps no step history
+            record = engine_step()
+            num_tokens.append(record.num_tokens)
+            return record
+
+        backend.engine.step = step
+        with Server(backend) as s:
+            c = s.client()
+
+            def complete(prompt, c=c):
+                return c.completions.create(model="opt-125m", prompt=prompt, max_tokens=12, temperature=0)
+
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                texts[chunked] = [r.choices[0].text for r in pool.map(complete, prompts)]
+        if chunked:  # every step within the budget: the longer prompts were cut
+            assert max(num_tokens) <= 16 < max(len(p) for p in prompts)
+        else:  # a whole prompt in one step
+            assert max(num_tokens) >= max(len(p) for p in prompts)
+    assert texts[True] == texts[False] and all(len(t) == 12 for t in texts[True])

@@ -24,6 +24,7 @@ from paged import (
     SequenceStatus,
     SharedPrefix,
 )
+from paged.policy import POLICIES
 from paged.scheduler import Scheduler
 from tests.shadow import check_invariants
 
@@ -85,7 +86,7 @@ request = st.fixed_dictionaries(
     mode=st.sampled_from(["auto", "recompute", "swap"]),
     caching=st.booleans(),
     composition=st.sampled_from(["separate", "mixed", "chunked"]),
-    policy=st.sampled_from(["fcfs", "priority"]),
+    policy=st.sampled_from(sorted(POLICIES)),  # every registered policy (paged/policy.py)
     requests=st.lists(request, min_size=1, max_size=10),
 )
 def test_the_scheduler_output_carries_the_policy_state(

@@ -108,7 +108,10 @@ class CostModel:
         block_size: int = 16,
         calibration: dict | None = None,
         max_table_tokens: int = 8192,
+        kv_dtype_bytes: float | None = None,
     ) -> None:
+        """kv_dtype_bytes: bytes per stored key or value element (ServerConfig.kv_cache_dtype); None:
+        the model's dtype. It scales the KV bytes a decode reads and a swap moves."""
         cal = calibration or load_calibration(gpu.calibration_file or str(CALIBRATION_FILE))
         self.model, self.gpu, self.tp, self.block_size = model, gpu, tp, block_size
         hw = cal[gpu.calibration]
@@ -152,7 +155,7 @@ class CostModel:
         self._flops_per_ms = gpu.peak_flops / 1e3
         L = model.num_hidden_layers
         # KV bytes of one context token read by a decode step, all layers, one GPU.
-        self._kv_bytes_per_token = model.kv_bytes_per_token(tp=tp)
+        self._kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype_bytes, tp=tp)
         self.paged_factor = 1.0 + self.paged_block_overhead / block_size
         self._decode_ms_per_ctx_token = (
             self._kv_bytes_per_token / (self._bytes_per_ms * self.decode_bw_eff) * self.paged_factor
@@ -160,7 +163,7 @@ class CostModel:
         # Causal prefill attention FLOPs per layer and GPU: 4*h*q*c + 2*h*q^2 (c cached, q new tokens);
         # ms per unit (2*q*c + q^2) at peak, all layers.
         self._prefill_flops_ms_peak = L * 2 * h / tp / self._flops_per_ms
-        self._block_kv_bytes_per_layer = block_size * model.kv_bytes_per_token() / L / 2 / tp  # K or V
+        self._block_kv_bytes_per_layer = block_size * model.kv_bytes_per_token(kv_dtype_bytes) / L / 2 / tp
         # Per-N tables: the step cost that depends only on the number of tokens, precomputed once.
         self._table = [self._token_cost(n) for n in range(max_table_tokens + 1)]
         self._head_table = [self._lm_head_ms(n) for n in range(1025)]

@@ -87,6 +87,23 @@ class SimulatedExecutor(NullExecutor):
         return result
 
 
+class ModelledPreemptionCosts:
+    """preemption_mode="cost" in the simulator (paged/preemption.py): the cost model's time to swap a
+    group's blocks out and back in (two PCIe moves), against a prompt step of its tokens."""
+
+    def __init__(self, cost_model: CostModel, time_scale: float = 1.0) -> None:
+        self.cost_model = cost_model
+        self.time_scale = time_scale
+
+    def swap_s(self, num_blocks: int) -> float:
+        return 2 * self.cost_model.swap_ms(num_blocks) * self.time_scale / 1e3
+
+    def recompute_s(self, num_tokens: int) -> float:
+        if num_tokens == 0:
+            return 0.0
+        return self.cost_model.prefill([(num_tokens, 0)]).total_ms * self.time_scale / 1e3
+
+
 def padded_ms(cm: CostModel, out: SchedulerOutput) -> float:
     """A step of a padded static batch (FasterTransformer, `SchedulerConfig.pad_batch`): every row of
     the batch computes, finished or not, as if its prompt were the batch's longest. The prompt step

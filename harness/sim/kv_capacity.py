@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.server import ServerConfig
+from harness.server import ServerConfig, kv_dtype_bytes
 from harness.sim.hardware import GPUSpec
 from paged.presets import GIB, ModelSpec, num_blocks_in
 
@@ -90,7 +90,7 @@ def kv_capacity(
         activations = activation_peak_bytes(model, tp, s.max_num_batched_tokens, s.max_num_seqs)
     reserve = int(s.runtime_reserve_gib * GIB)
     kv = budget - weights - activations - reserve
-    block_bytes = model.kv_bytes_per_block(s.block_size, tp=tp)
+    block_bytes = model.kv_bytes_per_block(s.block_size, kv_dtype_bytes(s), tp=tp)
     if kv < block_bytes:
         raise ValueError(
             f"{model.name} does not fit on {tp} x {gpu.name}: weights take {weights / GIB:.1f} GiB per GPU "

@@ -19,10 +19,10 @@ PRESET_DIR = Path(__file__).resolve().parent
 GIB = 1024**3
 
 
-def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: float) -> int:
     """Keys and values of one token across all layers (paper Table 1: 800 KiB for OPT-13B in fp16).
     Under tensor parallelism each GPU stores its 1/TP of the heads of every block (section 4.6)."""
-    return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
+    return int(2 * num_layers * num_kv_heads * head_dim * dtype_bytes)  # 0.5: 4-bit KV
 
 
 def num_blocks_in(gib: float, block_bytes: int) -> int:
@@ -91,7 +91,7 @@ class ModelSpec:
     def weight_bytes(self) -> int:
         return self.num_params * self.dtype_bytes
 
-    def kv_bytes_per_token(self, dtype_bytes: int | None = None, tp: int = 1) -> int:
+    def kv_bytes_per_token(self, dtype_bytes: float | None = None, tp: int = 1) -> int:
         """Keys and values of one token across all layers, per GPU under `tp`-way tensor parallelism;
         `dtype_bytes` overrides the preset's (the real engine may run fp32)."""
         return kv_bytes_per_token(
@@ -101,7 +101,7 @@ class ModelSpec:
             self.dtype_bytes if dtype_bytes is None else dtype_bytes,
         )
 
-    def kv_bytes_per_block(self, block_size: int, dtype_bytes: int | None = None, tp: int = 1) -> int:
+    def kv_bytes_per_block(self, block_size: int, dtype_bytes: float | None = None, tp: int = 1) -> int:
         """One block's keys and values, all layers, per GPU (a block holds `block_size` tokens)."""
         return block_size * self.kv_bytes_per_token(dtype_bytes, tp)
 
