@@ -89,6 +89,7 @@ class LLM:
         preemption_mode: str = "auto",
         tensor_parallel_size: int = 1,
         enable_chunked_prefill: bool = False,
+        scheduling_policy: str = "fcfs",
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -128,6 +129,7 @@ class LLM:
             # chunks ride along with the decodes: the mixed steps of the paper's artifact
             step_composition="mixed" if enable_chunked_prefill else "separate",
             enable_chunked_prefill=enable_chunked_prefill,
+            policy=scheduling_policy,
         )
         self.runner = ModelRunner(self.model, 0, block_size, 0, tp_rank=0, tp_size=tp)
         block_bytes = self.runner.block_bytes
@@ -152,6 +154,11 @@ class LLM:
             dist.broadcast_object_list([(num_gpu_blocks, num_cpu_blocks)], src=0)
         self.runner.allocate_cache(num_gpu_blocks, num_cpu_blocks)
         self.runner.warmup()
+        # preemption_mode="cost" weighs this machine's swap and prefill speeds (paged/preemption.py),
+        # measured now, before any request uses the cache.
+        self.preemption_costs = (
+            self.runner.measure_preemption_costs() if preemption_mode == "cost" and num_cpu_blocks else None
+        )
         self.cache_config = CacheConfig(
             num_gpu_blocks=num_gpu_blocks, block_size=block_size, num_cpu_blocks=num_cpu_blocks
         )
@@ -172,9 +179,11 @@ class LLM:
         prompts,
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         use_tqdm: bool = False,
+        priority: list[int] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion. sampling_params: one for all prompts, or one per prompt;
-        use_tqdm: a progress bar over finished requests.
+        use_tqdm: a progress bar over finished requests; priority: one per prompt, lower first, under
+        scheduling_policy="priority" (vLLM's argument).
         A request with `seed` samples from its own generator (reproducible in any batch); the others
         share one seeded by the LLM's seed."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -187,11 +196,15 @@ class LLM:
             per_prompt = sampling_params
         else:
             per_prompt = [sampling_params or SamplingParams()] * len(prompts)
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError(f"{len(priority)} priorities for {len(prompts)} prompts: give one each")
+        priority = priority or [0] * len(prompts)
         memory = BlockManager(self.cache_config, self.scheduler_config.max_model_len)
         scheduler = Scheduler(self.scheduler_config, memory)
+        scheduler.preemption_costs = self.preemption_costs
         engine = Engine(scheduler, RealExecutor(self.runner, seed=self.seed))
         groups = []
-        for prompt, params in zip(prompts, per_prompt):
+        for prompt, params, prio in zip(prompts, per_prompt, priority):
             if isinstance(prompt, str):
                 if self.tokenizer is None:
                     raise ValueError(
@@ -199,7 +212,14 @@ class LLM:
                     )
                 prompt = self.tokenizer.encode(prompt)
             groups.append(
-                SequenceGroup(str(self._next_id), list(prompt), params, 0.0, eos_token_id=self.eos_token_id)
+                SequenceGroup(
+                    str(self._next_id),
+                    list(prompt),
+                    params,
+                    0.0,
+                    eos_token_id=self.eos_token_id,
+                    priority=prio,
+                )
             )
             self._next_id += 1
         bar = None

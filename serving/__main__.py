@@ -59,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
         default=256,
         help="sequences one step may run (with chunked prefill, at most the token budget)",
     )
+    ap.add_argument(
+        "--scheduling-policy",
+        default="fcfs",
+        help="fcfs, or priority: requests' `priority` field, lower first (vLLM's flag; docs/scheduler.md)",
+    )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument(
         "--dtype",
@@ -94,6 +99,7 @@ def serve(argv: list[str] | None = None) -> None:
             enable_chunked_prefill=args.enable_chunked_prefill,
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_num_seqs=args.max_num_seqs,
+            scheduling_policy=args.scheduling_policy,
         )
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -36,13 +36,17 @@ _ids = itertools.count()
 class Generation:
     """One request group in flight: its updates arrive on an asyncio queue from the engine thread."""
 
-    def __init__(self, app_state, prompt: list[int], params: SamplingParams, stop: list[str]) -> None:
+    def __init__(
+        self, app_state, prompt: list[int], params: SamplingParams, stop: list[str], priority: int = 0
+    ) -> None:
         self.state = app_state
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Update] = asyncio.Queue()
         self.stop = stop
         b = app_state.backend
-        self.group = SequenceGroup(f"{next(_ids)}", prompt, params, 0.0, eos_token_id=b.eos_token_id)
+        self.group = SequenceGroup(
+            f"{next(_ids)}", prompt, params, 0.0, eos_token_id=b.eos_token_id, priority=priority
+        )
         self.text = [""] * params.n  # text sent, per sequence
         self.decoded = [""] * params.n  # text decoded so far (sent + held back)
         self.offsets = [(0, 0)] * params.n  # incremental detokenization: (prefix, read) token offsets
@@ -409,7 +413,9 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
             )
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI API's default
         params = [params_for(req, len(x), max_tokens) for x in prompts]
-        gens = [Generation(app.state, x, sp, req.stop_strings) for x, sp in zip(prompts, params)]
+        gens = [
+            Generation(app.state, x, sp, req.stop_strings, req.priority) for x, sp in zip(prompts, params)
+        ]
         submitted = []
         try:
             for g in gens:
@@ -448,7 +454,9 @@ def create_app(backend: Backend, max_waiting: int = 1024) -> FastAPI:
         check_model(req.model)
         prompt = backend.chat_prompt([m.model_dump() for m in req.messages])
         max_tokens = req.max_completion_tokens or req.max_tokens
-        gen = Generation(app.state, prompt, params_for(req, len(prompt), max_tokens), req.stop_strings)
+        gen = Generation(
+            app.state, prompt, params_for(req, len(prompt), max_tokens), req.stop_strings, req.priority
+        )
         gen.submit()
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 

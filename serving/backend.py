@@ -86,11 +86,12 @@ def load_backend(
     enable_chunked_prefill: bool = False,
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int = 256,
+    scheduling_policy: str = "fcfs",
 ) -> Backend:
     """real: the model (checkpoint directory, `smollm2-135m`, or a preset with random weights) on this
     machine; sim: a model preset's shapes on `hardware`, its steps timed by the cost model.
-    enable_chunked_prefill, max_num_batched_tokens, max_num_seqs: the scheduler's, as `LLM` takes them
-    (chunking runs mixed steps; its budget defaults to vLLM's 512)."""
+    enable_chunked_prefill, max_num_batched_tokens, max_num_seqs, scheduling_policy: the scheduler's,
+    as `LLM` takes them (chunking runs mixed steps; its budget defaults to vLLM's 512)."""
     from baselines.registry import SYSTEMS, build_system
 
     if system not in SYSTEMS:
@@ -99,6 +100,7 @@ def load_backend(
         enable_chunked_prefill=enable_chunked_prefill,
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
+        scheduling_policy=scheduling_policy,
     )
     if backend == "sim":
         return _sim_backend(
@@ -155,6 +157,7 @@ def _sim_backend(
     enable_chunked_prefill=False,
     max_num_batched_tokens=None,
     max_num_seqs=256,
+    scheduling_policy="fcfs",
 ) -> Backend:
     from harness.server import ServerConfig
     from harness.simulate import SimConfig, build
@@ -176,6 +179,7 @@ def _sim_backend(
         max_num_seqs=max_num_seqs,
         step_composition="mixed" if enable_chunked_prefill else "separate",
         enable_chunked_prefill=enable_chunked_prefill,
+        scheduling_policy=scheduling_policy,
     )
     cfg = SimConfig(
         system=system,

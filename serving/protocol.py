@@ -42,6 +42,7 @@ class _Sampling(_Request):
     top_k: int = -1
     n: int = Field(default=1, ge=1)
     seed: int | None = None
+    priority: int = 0  # vLLM's extension: lower first under --scheduling-policy priority
     stop: str | list[str] | None = None
     ignore_eos: bool = False
     stream: bool = False

@@ -166,3 +166,20 @@ def test_a_registered_policy_orders_the_queues():
         assert order == ["1", "2", "0"]
     finally:
         del POLICIES["test_spf"]
+
+
+def test_the_llm_api_takes_priorities_and_keeps_greedy_tokens():
+    """LLM(scheduling_policy="priority").generate(..., priority=[...]): vLLM's arguments; the order
+    changes, the greedy tokens do not."""
+    from paged.llm import LLM
+    from paged.sampling_params import SamplingParams as SP
+
+    params = SP(max_tokens=4, temperature=0.0, ignore_eos=True)
+    prompts = [[2, 100, 7], [2, 5, 6, 8], [2, 9]]
+    fcfs = LLM(model="opt-125m", kv_cache_gib=0.02, max_model_len=256)
+    prio = LLM(model="opt-125m", kv_cache_gib=0.02, max_model_len=256, scheduling_policy="priority")
+    a = [o.outputs[0].token_ids for o in fcfs.generate(prompts, params)]
+    b = [o.outputs[0].token_ids for o in prio.generate(prompts, params, priority=[2, 0, 1])]
+    assert a == b
+    with pytest.raises(ValueError, match="priorities for 3 prompts"):
+        prio.generate(prompts, params, priority=[0])

@@ -470,3 +470,27 @@ def test_a_server_with_chunked_prefill_gives_the_same_greedy_tokens():
         else:  # a whole prompt in one step
             assert max(num_tokens) >= max(len(p) for p in prompts)
     assert texts[True] == texts[False] and all(len(t) == 12 for t in texts[True])
+
+
+def test_a_request_priority_reaches_the_scheduler():
+    """`priority` in the request body (vLLM's extension) and `--scheduling-policy priority`: the
+    group the server admits carries the request's priority, and the policy is the scheduler's."""
+    from serving.__main__ import parser
+
+    args = parser().parse_args(["opt-125m", "--scheduling-policy", "priority"])
+    assert args.scheduling_policy == "priority"
+    backend = load_backend("opt-13b", backend="sim", scheduling_policy="priority")
+    assert backend.engine.scheduler.config.policy == "priority"
+    seen = []
+    add = backend.engine.scheduler.add
+
+    def record(group, add=add):
+        seen.append(group.priority)
+        add(group)
+
+    backend.engine.scheduler.add = record
+    with Server(backend) as s:
+        s.client().completions.create(
+            model="opt-13b", prompt=[1, 2, 3], max_tokens=2, extra_body={"priority": 3}
+        )
+    assert seen == [3]
