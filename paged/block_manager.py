@@ -29,6 +29,7 @@ import numpy as np
 from paged.accounting import MemoryUsage, paged_usage
 from paged.block import BlockAllocator
 from paged.config import CacheConfig
+from paged.host_tier import HostTier
 from paged.memory import AllocPlan, AllocStatus
 from paged.prefix_cache import ROOT_HASH, PrefixCache, chain_hash
 from paged.sequence import Sequence, SequenceGroup, SequenceStatus, SharedPrefix
@@ -60,6 +61,7 @@ class Placement:
     full_hashes: list[list[int]]  # chained hash of each full block of each sequence
     num_new_blocks: int
     copies: list[tuple[int, NewBlock]]  # (existing block, new block it is copied into)
+    restores: list[tuple[int, NewBlock]] | None = None  # (block hash in the host tier, new block)
 
     def existing_blocks(self) -> list[int]:
         """Every entry that is an existing block, once per table entry."""
@@ -90,6 +92,28 @@ class BlockManager:
         # Chained hashes of each sequence's full blocks, kept to extend the chain as it decodes.
         self.seq_block_hashes: dict[int, list[int]] = {}
         self.shared_prefixes = SharedPrefixes(self.gpu, self.block_size)
+        # The host tier of the prefix cache (paged/host_tier.py), and the copies it asks for in the
+        # step being scheduled: (device, host) offloads and (host, device) restores.
+        self.host_tier = None
+        self.offloads: list[tuple[int, int]] = []
+        self.restores: list[tuple[int, int]] = []
+        if cache_config.num_host_cache_blocks:
+            self.host_tier = HostTier(cache_config.num_host_cache_blocks, cache_config.num_cpu_blocks)
+            self.prefix_cache.on_evict = self._offload
+
+    def _offload(self, block: int, block_hash: int, token_ids: tuple[int, ...]) -> None:
+        """The prefix cache evicts `block`: copy it into the host tier (PrefixCache.on_evict)."""
+        host_block = self.host_tier.offload(block_hash, token_ids)
+        if host_block is not None:
+            self.offloads.append((block, host_block))
+
+    def take_host_transfers(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The host tier's copies of the step just scheduled: (device, host) offloads, to run with the
+        step's swap-outs, and (host, device) restores, with its swap-ins."""
+        transfers = self.offloads, self.restores
+        self.offloads, self.restores = [], []
+        self.host_tier.end_step()
+        return transfers
 
     @property
     def prefixes(self) -> list[SharedPrefix]:
@@ -171,6 +195,7 @@ class BlockManager:
         computed: list[int] = []
         all_hashes: list[list[int]] = []
         copies: list[tuple[int, NewBlock]] = []
+        restores: list[tuple[int, NewBlock]] = []
         num_new = 0
         for seq in seqs:
             tokens = seq.token_ids
@@ -216,6 +241,13 @@ class BlockManager:
                     if hit is not None:
                         entry = hit
                         num_computed = end
+                    elif self.host_tier is not None:
+                        if self.host_tier.lookup(key, block_tokens) is not None:
+                            # back from host memory instead of recomputed
+                            entry = NewBlock(num_new)
+                            num_new += 1
+                            restores.append((key, entry))
+                            num_computed = end
                 if entry is None:
                     entry = NewBlock(num_new)
                     num_new += 1
@@ -225,7 +257,7 @@ class BlockManager:
             tables.append(table)
             computed.append(num_computed)
             all_hashes.append(hashes)
-        return Placement(tables, computed, all_hashes, num_new, copies)
+        return Placement(tables, computed, all_hashes, num_new, copies, restores)
 
     def allocate(self, group: SequenceGroup, plan: AllocPlan) -> list[tuple[int, int]]:
         """Give the group's waiting sequences their blocks; returns block copies to perform."""
@@ -243,9 +275,10 @@ class BlockManager:
             return []
         gpu = self.gpu
         # Take the existing blocks first, so allocating new blocks cannot evict a cached one we are
-        # about to use.
+        # about to use; pin the host-tier entries to restore, so that their offloads cannot either.
         for b in placement.existing_blocks():
             gpu.take_cached(b)
+        restored = [(self.host_tier.restore(key), dst) for key, dst in placement.restores or ()]
         new_ids = [gpu.allocate() for _ in range(placement.num_new_blocks)]
         # allocate() gave each new block one reference, for its first table entry; every further
         # entry (a sibling sharing it) adds one.
@@ -284,6 +317,8 @@ class BlockManager:
             cache.num_queried_blocks += (len(seqs[0].token_ids) - 1) // self.block_size
             cache.num_hit_blocks += placement.num_computed[0] // self.block_size
         self.shared_prefixes.adopt(group, self.block_tables[seqs[0].seq_id])
+        for host_block, dst in restored:
+            self.restores.append((host_block, new_ids[dst.index]))
         return [(src, new_ids[dst.index]) for src, dst in placement.copies]
 
     def mark_computed(self, group: SequenceGroup) -> None:
@@ -402,7 +437,10 @@ class BlockManager:
     # ------------------------------------------------------------------ fast-forward (paged/fast_forward.py)
     def decode_run(self, seqs: list[Sequence], base: np.ndarray) -> PagedDecodeRun | None:
         """What runs of plain decode steps do to this cache (paged/fast_forward.py), or None when a
-        running sequence's last block is shared: its next append copies it (an event)."""
+        running sequence's last block is shared: its next append copies it (an event), or when a
+        host tier may turn an eviction into a copy (every step is then stepped)."""
+        if self.host_tier is not None:
+            return None
         view = PagedDecodeRun(self)
         return view if view.join(seqs, base) else None
 

@@ -37,6 +37,9 @@ class CacheConfig:
     enable_prefix_caching: bool = False
     # Which unreferenced cached block is evicted first: lru | lfu | radix (paged/prefix_cache.py)
     prefix_eviction: str = "lru"
+    # Host blocks that keep evicted cached blocks, numbered after the swap space's (paged/host_tier.py);
+    # 0: none. Needs enable_prefix_caching.
+    num_host_cache_blocks: int = 0
 
     def __post_init__(self) -> None:
         _require(
@@ -56,6 +59,10 @@ class CacheConfig:
         _require(
             self.prefix_eviction in EVICTION_POLICIES,
             f"prefix_eviction must be one of {', '.join(EVICTION_POLICIES)}, got {self.prefix_eviction!r}",
+        )
+        _require(
+            self.num_host_cache_blocks == 0 or self.enable_prefix_caching,
+            "a host cache tier keeps evicted prefix-cache blocks: it needs enable_prefix_caching",
         )
         _require(
             0.0 <= self.watermark < 1.0,

@@ -196,6 +196,8 @@ class PrefixCache:
         self.parent_hash: dict[int, int] = {}  # cached block -> hash of the block before it
         self.num_children: dict[int, int] = {}  # hash -> cached blocks continuing it
         self.policy = EVICTION_POLICIES[eviction]()
+        # Called with (block, hash, tokens) just before an evicted block is forgotten (the host tier).
+        self.on_evict = None
         # Counted at admission (BlockManager.allocate): full prompt blocks that could have been hits,
         # those that were, and the evictions.
         self.num_queried_blocks = 0
@@ -244,6 +246,8 @@ class PrefixCache:
     def evict(self) -> int:
         """Drop the policy's choice of evictable block from the cache and return it for reuse."""
         block = self.policy.pop(self)
+        if self.on_evict is not None:
+            self.on_evict(block, self.block_hash[block], self.block_tokens[block])
         self.forget(block)
         self.num_evictions += 1
         return block

@@ -126,6 +126,10 @@ class Scheduler:
             self._schedule_separate(out, now)
         if self.config.pad_batch:
             self._pad_batch(out)
+        if getattr(self.memory, "host_tier", None) is not None:  # paged/host_tier.py
+            offloads, restores = self.memory.take_host_transfers()
+            out.blocks_to_swap_out.extend(offloads)
+            out.blocks_to_swap_in.extend(restores)
         if self.emit_block_tables:
             self._add_block_tables(out)
         return out

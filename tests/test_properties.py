@@ -58,6 +58,7 @@ setup = st.fixed_dictionaries(
         "watermark": st.sampled_from([0.0, 0.01, 0.1]),
         "prefix_caching": st.booleans(),
         "eviction": st.sampled_from(sorted(EVICTION_POLICIES)),  # every registered one
+        "host_blocks": st.sampled_from([0, 0, 3, 16]),  # the prefix cache's host tier
         "mode": st.sampled_from(["auto", "recompute", "swap", "cost"]),
         # preemption_mode="cost": seconds per swapped block (out and in) vs per recomputed token
         "swap_cost": st.sampled_from([0.001, 0.01, 0.1]),
@@ -79,6 +80,7 @@ def run_workload(cfg, requests, check_every_step=True):
         watermark=cfg["watermark"],
         enable_prefix_caching=cfg["prefix_caching"],
         prefix_eviction=cfg.get("eviction", "lru"),
+        num_host_cache_blocks=cfg.get("host_blocks", 0) if cfg["prefix_caching"] else 0,
     )
     chunked = cfg.get("composition") == "chunked"
     sched_cfg = SchedulerConfig(
