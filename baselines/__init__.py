@@ -5,9 +5,10 @@ from baselines.buddy import BuddyAllocator
 from baselines.contiguous import ContiguousManager
 from baselines.fastertransformer import FasterTransformer
 from baselines.orca import OrcaMax, OrcaOracle, OrcaPow2
-from baselines.registry import SYSTEMS, build_system
+from baselines.registry import ALL_SYSTEMS, SYSTEMS, build_system
 
 __all__ = [
+    "ALL_SYSTEMS",
     "SYSTEMS",
     "BuddyAllocator",
     "ContiguousManager",

@@ -35,6 +35,7 @@ SWEEPABLE = {
     "max_num_batched_tokens": "system.max_num_batched_tokens",
     "scheduling_policy": "system.scheduling_policy",
     "prefix_eviction": "system.prefix_eviction",
+    "host_cache_gib": "system.host_cache_gib",
 }
 
 
@@ -42,20 +43,25 @@ SWEEPABLE = {
 class WorkloadConf:
     """Which requests arrive (docs/workloads.md)."""
 
-    kind: str = "synthetic"  # synthetic | shared_prefix | chatbot | lengths_csv | trace_csv
+    # synthetic | shared_prefix | chatbot | lengths_csv | trace_csv, or with prompts that share content
+    # for the prefix cache (docs/workloads.md, "Prefix reuse"): system_prompts | multi_turn | mooncake
+    kind: str = "synthetic"
     # sharegpt: the paper's real ShareGPT length pairs (the artifact's file; docs/workloads.md says where
     # it is looked for); sharegpt_synthetic | alpaca | chatbot: built-in length tables
     dataset: str = "sharegpt"
-    path: str | None = None  # a user's CSV for lengths_csv / trace_csv
+    path: str | None = None  # a user's CSV for lengths_csv / trace_csv, a Mooncake .jsonl for mooncake
     # trace_csv: the file's format, auto (by its header) | pagelab (arrived_at,...) | azure (Azure LLM
     # inference trace) | burstgpt (docs/workloads.md, "Timestamped traces")
     trace_format: str = "auto"
     # trace_csv: true rescales arrival times to the sweep's request rate as the trace's mean rate (order
     # and burst shape kept), then cuts at duration_s; false keeps the trace's own times; null: true for
-    # azure and burstgpt, false for pagelab's own format (as before: its own times, the whole trace)
+    # azure and burstgpt, false for pagelab's own format (as before: its own times, the whole trace).
+    # mooncake: the same, null meaning true
     rescale: bool | None = None
     trace_model: str | None = None  # burstgpt: keep only this Model's rows (ChatGPT, GPT-4); null: all
-    data_path: str | None = None  # the ShareGPT length-pairs CSV; null: $PAGELAB_DATA, ../shared/data
+    # the ShareGPT length-pairs CSV (the multi-turn statistics CSV for chatbot's multi-turn trace and
+    # multi_turn); null: $PAGELAB_DATA, ../shared/data
+    data_path: str | None = None
     arrivals: str = "default"  # poisson | artifact (Poisson per 10 ms quantum); default: by dataset
     seed: int = 0
     burstiness: float = 1.0  # gamma shape of the gaps; 1 = Poisson
@@ -70,6 +76,21 @@ class WorkloadConf:
     # (docs/metrics.md). Empty: every request has priority 0.
     priority_classes: list[int] = field(default_factory=list)
     priority_shares: list[float] = field(default_factory=list)
+    # system_prompts and multi_turn: how many system prompts there are (system_prompts needs >= 1;
+    # multi_turn: 0, none), their lengths in tokens (one length for all, or one per prompt), and the
+    # exponent of each request's (multi_turn: each conversation's) Zipf choice among them: prompt i with
+    # probability proportional to (i + 1)^-exponent; 0: uniform
+    num_system_prompts: int = 0
+    system_prompt_lens: list[int] = field(default_factory=lambda: [512])
+    system_prompt_zipf: float = 1.0
+    # multi_turn (docs/workloads.md, "Multi-turn conversations"): the next turn arrives after the
+    # previous turn's arrival + its output length x response_time_per_token_s (an assumed answer time:
+    # arrivals are fixed before the run) + an exponential think time of mean think_time_s
+    think_time_s: float = 30.0
+    response_time_per_token_s: float = 0.05
+    # multi_turn: a conversation ends before the turn whose prompt + output would pass this many tokens;
+    # null: the model's context (system.max_model_len, else its max_position_embeddings)
+    max_context_len: int | None = None
     # Workload settings that differ by system, over the rest: the artifact's chatbot runs used a new-
     # conversation probability of 0.5 for vLLM and 0.1 for Orca. Keys are system names.
     by_system: dict[str, dict[str, Any]] = field(default_factory=dict)

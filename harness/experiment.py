@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from baselines import SYSTEMS
+from baselines import ALL_SYSTEMS
 from harness.capacity import RateBisection, capacity, slo_bracket, slo_capacity
-from harness.config import SWEEPABLE, Config
+from harness.config import SWEEPABLE, Config, WorkloadConf
 from harness.metrics import (
     ARTIFACT_COLUMNS,
     SLO_COLUMNS,
@@ -43,8 +43,11 @@ from harness.workload import (
     assign_priorities,
     chatbot,
     load_lengths_csv,
+    mooncake_workload,
+    multi_turn,
     shared_prefix,
     synthetic,
+    system_prompts,
     trace_workload,
 )
 from paged.block_manager import BlockManager
@@ -85,7 +88,24 @@ def _fmt(value) -> str:
 
 
 # points.csv's prefix-cache statistics, with system.enable_prefix_caching (docs/metrics.md)
-PREFIX_CACHE_COLUMNS = ("prefix_hit_rate", "prefix_hit_blocks", "prefix_evictions")
+PREFIX_CACHE_COLUMNS = (
+    "prefix_hit_rate",
+    "prefix_hit_blocks",
+    "prefix_evictions",
+    "host_offloads",
+    "host_restores",
+)
+
+
+# Workload settings that only some kinds read: set with another kind, they fail in validate.
+KIND_SETTINGS = {
+    "num_system_prompts": ("system_prompts", "multi_turn"),
+    "system_prompt_lens": ("system_prompts", "multi_turn"),
+    "system_prompt_zipf": ("system_prompts", "multi_turn"),
+    "think_time_s": ("multi_turn",),
+    "response_time_per_token_s": ("multi_turn",),
+    "max_context_len": ("multi_turn",),
+}
 
 
 def import_plugins(cfg: Config) -> None:
@@ -106,24 +126,32 @@ def validate(cfg: Config) -> None:
     import_plugins(cfg)
     if cfg.backend.name not in BACKENDS:
         raise ExperimentError(f"backend must be sim or real, got {cfg.backend.name!r}")
-    unknown = [s for s in cfg.systems if s not in SYSTEMS]
+    unknown = [s for s in cfg.systems if s not in ALL_SYSTEMS]
     if unknown:
-        raise ExperimentError(f"unknown system(s) {unknown}: choose from {', '.join(SYSTEMS)}")
+        raise ExperimentError(f"unknown system(s) {unknown}: choose from {', '.join(ALL_SYSTEMS)}")
     if not cfg.systems or not cfg.request_rates:
         raise ExperimentError("systems and request_rates must each list at least one value")
     if any(not r > 0 for r in cfg.request_rates):
         raise ExperimentError(f"request_rates must be positive req/s, got {list(cfg.request_rates)}")
     workload_keys = {f.name for f in fields(cfg.workload)} - {"by_system"}
     w = cfg.workload
-    if w.kind != "trace_csv" and (w.trace_format != "auto" or w.rescale is not None or w.trace_model):
+    rescale = w.rescale is not None and w.kind != "mooncake"
+    if w.kind != "trace_csv" and (w.trace_format != "auto" or rescale or w.trace_model):
         raise ExperimentError(
-            f"workload.trace_format, rescale and trace_model apply to workload.kind=trace_csv, not {w.kind}: "
-            "unset them or use kind=trace_csv"
+            f"workload.trace_format, rescale and trace_model apply to workload.kind=trace_csv, not {w.kind} "
+            "(rescale also to mooncake): unset them or use kind=trace_csv"
         )
-    for system, overrides in cfg.workload.by_system.items():
-        if system not in SYSTEMS:
+    defaults = WorkloadConf()
+    for key, kinds in KIND_SETTINGS.items():
+        if w.kind not in kinds and getattr(w, key) != getattr(defaults, key):
             raise ExperimentError(
-                f"workload.by_system names unknown system {system!r}: choose from {', '.join(SYSTEMS)}"
+                f"workload.{key} applies to workload.kind={' or '.join(kinds)}, not {w.kind}: unset it or "
+                f"use kind={kinds[0]}"
+            )
+    for system, overrides in cfg.workload.by_system.items():
+        if system not in ALL_SYSTEMS:
+            raise ExperimentError(
+                f"workload.by_system names unknown system {system!r}: choose from {', '.join(ALL_SYSTEMS)}"
             )
         unknown = set(overrides) - workload_keys
         if unknown:
@@ -137,9 +165,9 @@ def validate(cfg: Config) -> None:
         except ValueError as e:
             raise ExperimentError(f"metrics_window_s: {e}") from None
     for system, rates in cfg.rates_by_system.items():
-        if system not in SYSTEMS:
+        if system not in ALL_SYSTEMS:
             raise ExperimentError(
-                f"rates_by_system names unknown system {system!r}: choose from {', '.join(SYSTEMS)}"
+                f"rates_by_system names unknown system {system!r}: choose from {', '.join(ALL_SYSTEMS)}"
             )
         if not rates or any(not r > 0 for r in rates):
             raise ExperimentError(f"rates_by_system.{system} must list positive req/s, got {list(rates)}")
@@ -301,6 +329,8 @@ def _apply(cfg: Config, params) -> Config:
             system = replace(system, scheduling_policy=str(value))
         elif key == "prefix_eviction":
             system = replace(system, prefix_eviction=str(value))
+        elif key == "host_cache_gib":
+            system = replace(system, host_cache_gib=float(value))
     return replace(cfg, system=system, workload=workload)
 
 
@@ -334,6 +364,35 @@ def _lengths_and_arrivals(cfg: Config, w, rate: float) -> Workload:
         return shared_prefix(w.prefix_len, rate, cfg.duration_s, w.seed, task_dataset=w.dataset, **data)
     if w.kind == "chatbot":
         return chatbot(rate, cfg.duration_s, w.seed, new_conversation_prob=w.new_conversation_prob, **data)
+    # docs/workloads.md, "Prefix reuse"
+    prompts = dict(
+        num_system_prompts=w.num_system_prompts,
+        system_prompt_lens=list(w.system_prompt_lens),
+        system_prompt_zipf=w.system_prompt_zipf,
+    )
+    if w.kind == "system_prompts":
+        if w.num_system_prompts < 1:
+            raise ExperimentError(
+                "workload.kind=system_prompts needs workload.num_system_prompts >= 1 (e.g. 16)"
+            )
+        return system_prompts(w.dataset, rate, cfg.duration_s, w.seed, w.burstiness, **prompts, **data)
+    if w.kind == "multi_turn":
+        context = w.max_context_len or cfg.system.max_model_len or cfg.model.max_position_embeddings
+        return multi_turn(
+            rate,
+            cfg.duration_s,
+            w.seed,
+            w.burstiness,
+            w.think_time_s,
+            w.response_time_per_token_s,
+            context,
+            **prompts,
+            **data,
+        )
+    if w.kind == "mooncake":
+        if not w.path:
+            raise ExperimentError("workload.kind=mooncake needs workload.path=<the trace's .jsonl file>")
+        return mooncake_workload(w.path, rate, cfg.duration_s, w.rescale)
     if w.kind in ("lengths_csv", "trace_csv"):
         if not w.path:
             raise ExperimentError(f"workload.kind={w.kind} needs workload.path=<your file>")
@@ -342,7 +401,8 @@ def _lengths_and_arrivals(cfg: Config, w, rate: float) -> Workload:
         # docs/workloads.md, "Timestamped traces": the rate is the trace's mean rate when rescaled
         return trace_workload(w.path, rate, cfg.duration_s, w.trace_format, w.rescale, w.trace_model)
     raise ExperimentError(
-        f"unknown workload.kind {w.kind!r}: use synthetic, shared_prefix, chatbot, lengths_csv or trace_csv"
+        f"unknown workload.kind {w.kind!r}: use synthetic, shared_prefix, chatbot, lengths_csv, trace_csv, "
+        "system_prompts, multi_turn or mooncake"
     )
 
 
@@ -392,6 +452,9 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
         row["prefix_hit_rate"] = cache.num_hit_blocks / queried if queried else float("nan")
         row["prefix_hit_blocks"] = cache.num_hit_blocks
         row["prefix_evictions"] = cache.num_evictions
+        tier = result.engine.scheduler.memory.host_tier
+        row["host_offloads"] = tier.num_offloads if tier is not None else 0
+        row["host_restores"] = tier.num_restores if tier is not None else 0
     if cfg.workload.priority_classes:
         row.update(class_metrics(result.groups, list(cfg.workload.priority_classes), cfg.slo.limits()))
     if cfg.backend.name == "real":
@@ -612,7 +675,7 @@ def capacity_table(rows: list[dict], cfg: Config) -> list[dict]:
         if with_slo:
             ref_slo = ref["slo_capacity_rps"] if ref else float("nan")
             row["slo_ratio_to_vllm"] = row["slo_capacity_rps"] / ref_slo if ref_slo else float("nan")
-    order = {s: i for i, s in enumerate(SYSTEMS)}
+    order = {s: i for i, s in enumerate(ALL_SYSTEMS)}
     table.sort(key=lambda t: (tuple(str(t[k]) for k in keys), order.get(t["system"], 99)))
     for t in table:
         for key in ("capacity_rps", "ratio_to_vllm", "slo_capacity_rps", "slo_ratio_to_vllm"):

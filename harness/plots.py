@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from baselines import SYSTEMS  # noqa: E402
+from baselines import ALL_SYSTEMS  # noqa: E402
 from harness.config import Config  # noqa: E402
 
 LABELS = {
@@ -23,8 +23,18 @@ LABELS = {
     "orca_pow2": "Orca (Pow2)",
     "orca_oracle": "Orca (Oracle)",
     "fastertransformer": "FasterTransformer",
+    "vattention": "vAttention (64 KiB)",
+    "vattention_2m": "vAttention (2 MiB)",
 }
-MARKERS = {"vllm": "o", "orca_max": "s", "orca_pow2": "^", "orca_oracle": "D", "fastertransformer": "x"}
+MARKERS = {
+    "vllm": "o",
+    "orca_max": "s",
+    "orca_pow2": "^",
+    "orca_oracle": "D",
+    "fastertransformer": "x",
+    "vattention": "v",
+    "vattention_2m": "P",
+}
 KV = [
     ("kv_token_states_pct", "Token states", "#4c72b0"),
     ("kv_reservation_pct", "Reservation", "#dd8452"),
@@ -39,7 +49,7 @@ def _series(rows: list[dict], cfg: Config):
     lines: dict[tuple, list[dict]] = {}
     for r in rows:
         lines.setdefault((r["system"], *(r[k] for k in keys)), []).append(r)
-    order = {s: i for i, s in enumerate(SYSTEMS)}
+    order = {s: i for i, s in enumerate(ALL_SYSTEMS)}
     out = []
     for (system, *values), pts in sorted(lines.items(), key=lambda kv: (kv[0][1:], order.get(kv[0][0], 9))):
         pts = sorted(pts, key=lambda p: float(p["request_rate"]))
@@ -77,7 +87,9 @@ def _styles(series) -> list[dict]:
 
 def _title(cfg: Config) -> str:
     gpus = f"{cfg.tensor_parallel_size} x " if cfg.tensor_parallel_size > 1 else ""
-    return f"{cfg.model.name} on {gpus}{cfg.hardware.name}, {cfg.workload.dataset} ({cfg.name})"
+    # multi_turn and mooncake read no `dataset`: their kind names the data
+    data = cfg.workload.kind if cfg.workload.kind in ("multi_turn", "mooncake") else cfg.workload.dataset
+    return f"{cfg.model.name} on {gpus}{cfg.hardware.name}, {data} ({cfg.name})"
 
 
 def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Config) -> None:
@@ -114,6 +126,11 @@ def plot_run(run_dir: Path, rows: list[dict], capacity_rows: list[dict], cfg: Co
     for key in ("n", "beam_width", "prefix_len"):
         if key in cfg.sweep and "vllm" in cfg.systems:
             _sharing_plot(run_dir / f"sharing_saving_vs_{key}.png", rows, key, cfg)
+    if cfg.system.enable_prefix_caching:  # the lines of the systems that have the cache (vLLM's)
+        cached = [line for line in series if all(p.get("prefix_hit_rate") not in (None, "") for p in line[3])]
+        if cached:
+            ylabel = "Prefix cache hit rate (share of prompt blocks)"
+            _line_plot(run_dir / "prefix_hit_rate.png", cached, "prefix_hit_rate", ylabel, cfg, ymax=1.0)
 
 
 def _line_plot(path, series, column, ylabel, cfg, ymax=None, threshold=None) -> None:

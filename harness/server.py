@@ -53,6 +53,9 @@ class ServerConfig:
     enable_prefix_caching: bool = False
     # Which unreferenced cached block goes first: lru | lfu | radix (paged/prefix_cache.py)
     prefix_eviction: str = "lru"
+    # Host memory per GPU that keeps blocks the prefix cache evicts, brought back at swap cost on a hit
+    # (paged/host_tier.py; LMCache, Mooncake); 0: none. Needs enable_prefix_caching.
+    host_cache_gib: float = 0.0
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     # FasterTransformer's batches as the paper's artifact formed them (docs/baselines.md): a request
     # joins the forming batch only while the batch's longest prompt + longest output stays within
@@ -120,6 +123,11 @@ class ServerConfig:
             raise ValueError(
                 f"scheduling_policy must be one of {', '.join(POLICIES)}, got {self.scheduling_policy!r}; "
                 "a policy of your own: register it (paged/policy.py) in a module named in plugins=[...]"
+            )
+        if self.host_cache_gib < 0 or (self.host_cache_gib and not self.enable_prefix_caching):
+            raise ValueError(
+                f"host_cache_gib={self.host_cache_gib} keeps evicted prefix-cache blocks: it must be >= 0 "
+                "and needs enable_prefix_caching=true"
             )
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from baselines.registry import SYSTEMS, build_system
+from baselines.registry import ALL_SYSTEMS, build_system
+from baselines.vattention import PAGE_KIB, tokens_per_page
 from harness.metrics import summarize
 from harness.overload import OverloadStop
 from harness.server import REAL_KV_CACHE_GIB, ServerConfig, for_system, kv_dtype_bytes
@@ -62,8 +63,8 @@ class SimConfig:
     early_stop: OverloadStop | None = None
 
     def __post_init__(self) -> None:
-        if self.system not in SYSTEMS:
-            raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(SYSTEMS)}")
+        if self.system not in ALL_SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(ALL_SYSTEMS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.tensor_parallel_size < 1:
@@ -89,9 +90,17 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
     model: ModelSpec = load_model(cfg.model)
     gpu: GPUSpec = load_hardware(cfg.hardware)
     tp, s = cfg.tensor_parallel_size, for_system(cfg.server, cfg.system)
+    contiguous = cfg.system in PAGE_KIB  # vAttention: blocks are pages, attention reads contiguous KV
+    if contiguous:
+        s = replace(s, block_size=tokens_per_page(model, PAGE_KIB[cfg.system], kv_dtype_bytes(s), tp))
     cap = kv_capacity(model, gpu, s, tp)
-    cost = CostModel(model, gpu, tp, s.block_size, kv_dtype_bytes=kv_dtype_bytes(s))
+    cost = CostModel(model, gpu, tp, s.block_size, kv_dtype_bytes=kv_dtype_bytes(s), contiguous=contiguous)
     if cfg.backend == "real":
+        if contiguous:
+            raise ValueError(
+                f"{cfg.system} is a simulator baseline (its contiguous virtual KV needs CUDA's virtual "
+                "memory API, which the model runner does not use): use backend=sim"
+            )
         if s.kv_cache_dtype != "auto":
             raise ValueError(
                 f"kv_cache_dtype={s.kv_cache_dtype} is a simulator setting: the real engine stores KV in "
@@ -106,6 +115,7 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         num_gpu_blocks=cap.num_gpu_blocks,
         block_size=s.block_size,
         num_cpu_blocks=cap.num_cpu_blocks,
+        num_host_cache_blocks=cap.num_host_cache_blocks,
         watermark=s.watermark,
         enable_prefix_caching=s.enable_prefix_caching,
         prefix_eviction=s.prefix_eviction,
@@ -165,11 +175,16 @@ def _real_executor(cfg: SimConfig, model: ModelSpec, cap: KVCapacity):
     num_blocks = max(1, num_blocks_in(gib, block_bytes))
     # On a CPU the "host" pool is the same memory; give it as many blocks as the device pool.
     num_cpu = num_blocks_in(s.swap_space_gib, block_bytes) if device == "cuda" else num_blocks
-    runner = ModelRunner(hf, num_blocks, s.block_size, num_cpu)
+    num_host = num_blocks_in(s.host_cache_gib, block_bytes)  # the host tier's, after the swap space
+    runner = ModelRunner(hf, num_blocks, s.block_size, num_cpu + num_host)
     runner.warmup()  # kernels built before the first measured step
     executor = RealExecutor(runner, seed=cfg.seed)
     return executor, replace(
-        cap, num_gpu_blocks=num_blocks, num_cpu_blocks=num_cpu, kv_bytes=num_blocks * block_bytes
+        cap,
+        num_gpu_blocks=num_blocks,
+        num_cpu_blocks=num_cpu,
+        num_host_cache_blocks=num_host,
+        kv_bytes=num_blocks * block_bytes,
     )
 
 
@@ -228,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="Simulate one serving run (the paper's servers on a CPU).")
-    ap.add_argument("--system", default="vllm", choices=SYSTEMS)
+    ap.add_argument("--system", default="vllm", choices=ALL_SYSTEMS)
     add_run_arguments(ap)
     ap.add_argument("--n", type=int, default=1, help="parallel samples (or beam width with --beam)")
     ap.add_argument("--beam", action="store_true")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -72,6 +73,11 @@ class Request:
     prefix_id: str | None = None
     prefix_len: int = 0
     priority: int = 0  # lower first under the priority scheduling policy
+    # What the prompt's tokens (after the shared prefix, if any) are made of: (segment id, length)
+    # pairs, concatenated; a segment's tokens depend only on the seed and its id, so requests naming
+    # the same segment share its tokens and the automatic prefix cache finds them (segment_tokens;
+    # docs/workloads.md, "Content-addressed prompts"). None: random tokens of the request's own.
+    segments: list[tuple[str | int, int]] | None = None
 
 
 @dataclass
@@ -87,11 +93,15 @@ class Workload:
         return mean_rate([r.arrival_time for r in self.requests])
 
     def save(self, path: str | Path) -> None:
-        """JSON lines: a header line with the metadata, then one request per line (atomic write)."""
+        """JSON lines: a header line with the metadata, then one request per line (atomic write).
+        A request without segments is written without the key, as before segments existed."""
         with atomic_open(path) as f:
             f.write(json.dumps({"meta": self.meta}) + "\n")
             for r in self.requests:
-                f.write(json.dumps(asdict(r)) + "\n")
+                obj = asdict(r)
+                if obj["segments"] is None:
+                    del obj["segments"]
+                f.write(json.dumps(obj) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Workload:
@@ -109,19 +119,37 @@ class Workload:
                     meta = obj["meta"]
                     continue
                 try:
-                    requests.append(Request(**obj))
+                    r = Request(**obj)
                 except TypeError as e:
                     raise WorkloadError(f"{path}:{lineno}: not a request ({e})") from None
+                if r.segments is not None:  # JSON's lists back to (id, length) tuples
+                    if not isinstance(r.segments, list) or not all(
+                        isinstance(x, list) and len(x) == 2 for x in r.segments
+                    ):
+                        raise WorkloadError(
+                            f"{path}:{lineno}: field 'segments': expected a list of [segment id, length] "
+                            f"pairs, got {r.segments!r}"
+                        )
+                    r.segments = [(sid, n) for sid, n in r.segments]
+                    check_segments(r, f"{path}:{lineno}")
+                requests.append(r)
         return cls(requests, meta)
 
     def to_sequence_groups(self, seed: int = 0, vocab_size: int = 50_000) -> list[SequenceGroup]:
         """Requests as engine input, with synthetic prompt token ids (only lengths matter to the
-        simulator; prompts sharing a prefix share its tokens, so prefix sharing and caching see it)."""
+        simulator; prompts sharing a prefix share its tokens, so prefix sharing and caching see it).
+        A request with segments gets its segments' tokens (segment_tokens) and draws nothing from the
+        random stream of the others, so workloads without segments keep their tokens."""
         rng = np.random.default_rng(seed)
+        segments = SegmentTokens(seed, vocab_size)
         prefixes: dict[str, SharedPrefix] = {}
         groups = []
         for r in self.requests:
-            own = rng.integers(1, vocab_size, size=r.prompt_len - r.prefix_len).tolist()
+            if r.segments is None:
+                own = rng.integers(1, vocab_size, size=r.prompt_len - r.prefix_len).tolist()
+            else:
+                check_segments(r, f"request {r.request_id}")
+                own = segments.prompt(r.segments)
             prefix = None
             if r.prefix_id is not None:
                 prefix = prefixes.get(r.prefix_id)
@@ -143,6 +171,86 @@ class Workload:
                 SequenceGroup(r.request_id, own, params, r.arrival_time, prefix=prefix, priority=r.priority)
             )
         return groups
+
+
+# ---------------------------------------------------------------------- content-addressed prompts
+SEGMENT_CHUNK = 512  # a segment's tokens are drawn in chunks of this many, each from its own stream
+_SEGMENT_TAG = 0x5345474D  # "SEGM": segment streams apart from every other stream of the seed
+
+
+def _segment_key(segment_id: str | int) -> int:
+    """A stable 64-bit key of a segment id (Python's hash of a str changes between processes); an int
+    id and the str of its digits are different segments."""
+    kind = "i" if isinstance(segment_id, int) else "s"
+    digest = hashlib.blake2b(f"{kind}:{segment_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def segment_tokens(segment_id: str | int, length: int, seed: int = 0, vocab_size: int = 50_000) -> np.ndarray:
+    """The first `length` tokens of segment `segment_id`: ids in [1, vocab_size), drawn in chunks of
+    SEGMENT_CHUNK from generators seeded by (seed, the id, the chunk's index), so a segment's tokens
+    depend on nothing else, and a shorter use of an id is a prefix of a longer one."""
+    key = _segment_key(segment_id)
+    chunks = [
+        np.random.default_rng([seed, _SEGMENT_TAG, key, j]).integers(1, vocab_size, SEGMENT_CHUNK)
+        for j in range(-(-length // SEGMENT_CHUNK))
+    ]
+    return np.concatenate(chunks)[:length] if chunks else np.zeros(0, dtype=np.int64)
+
+
+class SegmentTokens:
+    """segment_tokens with each segment's longest use kept, for a workload whose requests name the same
+    segments many times (a conversation's history, a system prompt, a trace's shared blocks)."""
+
+    def __init__(self, seed: int = 0, vocab_size: int = 50_000) -> None:
+        self.seed, self.vocab_size = seed, vocab_size
+        self.cache: dict[tuple[type, str | int], np.ndarray] = {}
+
+    def get(self, segment_id: str | int, length: int) -> np.ndarray:
+        key = (type(segment_id), segment_id)
+        tokens = self.cache.get(key)
+        if tokens is None or len(tokens) < length:
+            tokens = self.cache[key] = segment_tokens(segment_id, length, self.seed, self.vocab_size)
+        return tokens[:length]
+
+    def prompt(self, segments: list[tuple[str | int, int]]) -> list[int]:
+        """The concatenation of the segments' tokens."""
+        if not segments:
+            return []
+        return np.concatenate([self.get(sid, n) for sid, n in segments]).tolist()
+
+
+def check_segments(r: Request, where: str) -> None:
+    """A request's segments are (str or int id, length >= 1) pairs whose lengths add up to its own
+    tokens, prompt_len - prefix_len; else one WorkloadError naming `where`."""
+    for sid, n in r.segments:
+        if isinstance(sid, bool) or not isinstance(sid, (str, int)):
+            raise WorkloadError(f"{where}: field 'segments': a segment id is text or an integer, got {sid!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise WorkloadError(
+                f"{where}: field 'segments': segment {sid!r} has length {n!r}, expected a whole number >= 1"
+            )
+    total = sum(n for _, n in r.segments)
+    if total != r.prompt_len - r.prefix_len:
+        raise WorkloadError(
+            f"{where}: field 'segments': the lengths add up to {total} tokens, but prompt_len - prefix_len "
+            f"is {r.prompt_len - r.prefix_len}; make them equal"
+        )
+
+
+def zipf_probabilities(k: int, exponent: float) -> np.ndarray:
+    """P(i) for i in 0..k-1, proportional to (i + 1) ** -exponent (Zipf's law; exponent 0: uniform)."""
+    if k < 1:
+        raise WorkloadError(f"a Zipf choice needs at least one item, got {k}")
+    if not (exponent >= 0 and math.isfinite(exponent)):
+        raise WorkloadError(f"the Zipf exponent must be >= 0 (0: uniform, 1: Zipf's law), got {exponent}")
+    p = np.arange(1, k + 1, dtype=np.float64) ** -exponent
+    return p / p.sum()
+
+
+def zipf_choice(num: int, k: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """num independent draws from 0..k-1 with zipf_probabilities(k, exponent)."""
+    return rng.choice(k, size=num, p=zipf_probabilities(k, exponent))
 
 
 # ---------------------------------------------------------------------- arrivals
@@ -367,6 +475,212 @@ def chatbot(
         new_conversation_prob=new_conversation_prob,
         **_data_meta(path),
         sampling="artifact: conversations in file order, shuffled; history cut to 1024, output to 1016",
+    )
+    return Workload(requests, meta)
+
+
+# ---------------------------------------------------------------------- prefix reuse
+# Workloads whose prompts share content, for the automatic prefix cache (system.enable_prefix_caching)
+# and its eviction policies: shared system prompts, multi-turn conversations, and Mooncake traces below
+# (docs/workloads.md, "Prefix reuse"). Their prompts are made of segments (Request.segments).
+_SYSTEM_PROMPT_TAG = 0x53595350  # "SYSP": the system prompts' choices, apart from lengths and arrivals
+_CONVERSATION_TAG = 0x434F4E56  # "CONV": one stream per conversation
+
+
+def expand_system_prompt_lens(num_system_prompts: int, lens) -> list[int]:
+    """The length of each of num_system_prompts system prompts: `lens` gives one length for all of them
+    or one per prompt."""
+    if type(num_system_prompts) is not int or num_system_prompts < 0:
+        raise WorkloadError(f"num_system_prompts must be a whole number >= 0, got {num_system_prompts!r}")
+    lens = list(lens)
+    if any(type(n) is not int or n < 1 for n in lens):
+        raise WorkloadError(f"system_prompt_lens must list whole numbers of tokens >= 1, got {lens}")
+    if num_system_prompts == 0:
+        return []
+    if len(lens) == 1:
+        return lens * num_system_prompts
+    if len(lens) != num_system_prompts:
+        raise WorkloadError(
+            f"system_prompt_lens lists {len(lens)} lengths for {num_system_prompts} system prompts: give one "
+            "length for all of them, or one per prompt"
+        )
+    return lens
+
+
+def system_prompts(
+    dataset: str = "sharegpt",
+    rate: float = 1.0,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    burstiness: float = 1.0,
+    num_system_prompts: int = 16,
+    system_prompt_lens: list[int] | tuple[int, ...] = (512,),
+    system_prompt_zipf: float = 1.0,
+    data_path: str | Path | None = None,
+    arrivals: str = "default",
+) -> Workload:
+    """Requests of `dataset` (as synthetic(): lengths and arrivals), each prompt starting with one of
+    `num_system_prompts` system prompts (lengths `system_prompt_lens`: one for all or one each), chosen
+    independently by a Zipf law of exponent `system_prompt_zipf` (prompt i with probability proportional to
+    (i + 1) ** -exponent; 0: uniform), from a stream of its own: request i picks the same prompt at
+    every rate. Segments: the system prompt, shared, then the request's own tokens."""
+    sys_lens = expand_system_prompt_lens(num_system_prompts, system_prompt_lens)
+    if not sys_lens:
+        raise WorkloadError("system_prompts needs num_system_prompts >= 1 (e.g. 16)")
+    w = synthetic(dataset, rate, duration_s, seed, burstiness, data_path=data_path, arrivals=arrivals)
+    rng = np.random.default_rng([seed, _SYSTEM_PROMPT_TAG])
+    chosen = zipf_choice(len(w), len(sys_lens), system_prompt_zipf, rng)
+    for r, k in zip(w.requests, chosen.tolist()):
+        r.segments = [(f"sys{k}", sys_lens[k]), (f"r{r.request_id}", r.prompt_len)]
+        r.prompt_len += sys_lens[k]
+    w.meta.update(
+        kind="system_prompts",
+        num_system_prompts=num_system_prompts,
+        system_prompt_lens=sys_lens,
+        system_prompt_zipf=system_prompt_zipf,
+    )
+    return w
+
+
+@lru_cache(maxsize=2)
+def _conversation_table(path: str, mtime_ns: int, size: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    return tuple(conversation_turns(read_conversations(path)))
+
+
+def conversation_turns(conversations: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(user message lengths, response lengths) of each conversation of a multi-turn statistics file (one
+    row per turn, its prefill holding the history so far: harness.datasets.read_conversations). The
+    first user message is the first prefill; a later one is what the history grew by besides the
+    previous response, max(1, history_t - history_(t-1) - response_(t-1)) (2.4% of etalon's turns grow
+    by less than the response: tokenization and templates; they get one token). Responses: at least 1."""
+    out = []
+    for conv in conversations:
+        history = np.array([h for h, _ in conv], dtype=np.int64)
+        responses = np.maximum(np.array([o for _, o in conv], dtype=np.int64), 1)
+        users = history.copy()
+        users[1:] = history[1:] - history[:-1] - responses[:-1]
+        users = np.maximum(users, 1)
+        for a in (users, responses):
+            a.setflags(write=False)
+        out.append((users, responses))
+    return out
+
+
+def _fitting_turns(users: np.ndarray, responses: np.ndarray, system_len: int, max_context_len: int) -> int:
+    """How many leading turns fit: turn t's prompt (system prompt + the history + its message) plus its
+    response within max_context_len. That total only grows from turn to turn."""
+    totals = system_len + np.cumsum(users + responses)
+    return int(np.searchsorted(totals, max_context_len, side="right"))
+
+
+def multi_turn(
+    rate: float = 1.0,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    burstiness: float = 1.0,
+    think_time_s: float = 30.0,
+    response_time_per_token_s: float = 0.05,
+    max_context_len: int = 2048,
+    num_system_prompts: int = 0,
+    system_prompt_lens: list[int] | tuple[int, ...] = (512,),
+    system_prompt_zipf: float = 1.0,
+    data_path: str | Path | None = None,
+    arrivals: str = "default",
+) -> Workload:
+    """Multi-turn conversations whose every turn sends the whole history (docs/workloads.md,
+    "Multi-turn conversations").
+
+    Conversations are etalon's multi-turn ShareGPT statistics (found like chatbot's file), drawn uniformly
+    with replacement; each keeps its real turns, user message and response lengths (conversation_turns)
+    while turn t's prompt (system prompt + every earlier message and response + its message) plus its
+    response fit in max_context_len (the model's positions); a conversation whose first turn does not fit
+    is not drawn. Conversations start as a gamma process (shape `burstiness`; 1: Poisson) at rate /
+    (the mean number of turns), so requests arrive at `rate` on average once conversations overlap.
+    Turn t + 1 arrives response_time_per_token_s x turn t's output length (an estimate of its answer's
+    time: arrivals are fixed before the run) plus an exponential think time of mean think_time_s after
+    turn t's arrival; turns arriving after duration_s are cut. num_system_prompts > 0: each conversation
+    starts with a system prompt chosen as in system_prompts(). Conversation c (in order of start) draws
+    everything from its own stream (seed, c): the same conversation at every rate.
+
+    Segments: the system prompt, then per earlier turn its user message and its response, then the new
+    message; the history is the same tokens in every turn, so the prefix cache can find it. The responses
+    in later prompts are the response's segment, not the tokens the server generated (synthetic in the
+    simulator), so a turn finds the previous turn's prompt blocks but recomputes the previous response."""
+    if arrivals not in ("default", "poisson"):
+        raise WorkloadError(
+            "multi_turn conversations arrive with gamma gaps: set arrivals=poisson (or default), "
+            f"got arrivals={arrivals!r}"
+        )
+    if not (think_time_s >= 0 and math.isfinite(think_time_s)):
+        raise WorkloadError(f"think_time_s must be seconds >= 0, got {think_time_s}")
+    if not (response_time_per_token_s >= 0 and math.isfinite(response_time_per_token_s)):
+        raise WorkloadError(
+            f"response_time_per_token_s must be seconds >= 0, got {response_time_per_token_s}"
+        )
+    if type(max_context_len) is not int or max_context_len < 2:
+        raise WorkloadError(f"max_context_len must be a whole number of tokens >= 2, got {max_context_len!r}")
+    sys_lens = expand_system_prompt_lens(num_system_prompts, system_prompt_lens)
+    path = find_data_file(ETALON_SHAREGPT, data_path)
+    st = os.stat(path)
+    convs = _conversation_table(str(path), st.st_mtime_ns, st.st_size)
+    # Per system prompt length: each conversation's fitting turns, and the conversations that can start.
+    fits, pools = {}, {}
+    for length in sorted(set(sys_lens or [0])):
+        fits[length] = np.array([_fitting_turns(u, o, length, max_context_len) for u, o in convs])
+        pools[length] = np.flatnonzero(fits[length] > 0)
+        if len(pools[length]) == 0:
+            raise WorkloadError(
+                f"{path}: no conversation's first turn fits max_context_len={max_context_len} tokens"
+                + (f" after a system prompt of {length}" if length else "")
+                + "; raise max_context_len or shorten system_prompt_lens"
+            )
+    k = len(sys_lens)
+    p = zipf_probabilities(k, system_prompt_zipf) if k else np.ones(1)
+    mean_turns = float(sum(pk * fits[length][pools[length]].mean() for pk, length in zip(p, sys_lens or [0])))
+    starts = arrival_times(rate / mean_turns, duration_s, np.random.default_rng([seed, 1]), burstiness)
+    turns = []  # (arrival, conversation, turn, segments, output length)
+    for c, start in enumerate(starts.tolist()):
+        g = np.random.default_rng([seed, _CONVERSATION_TAG, c])
+        which = int(g.choice(k, p=p)) if k else -1
+        length = sys_lens[which] if k else 0
+        j = int(pools[length][g.integers(len(pools[length]))])
+        users, responses = convs[j]
+        n = int(fits[length][j])
+        thinks = g.exponential(think_time_s, size=n - 1) if think_time_s > 0 else np.zeros(n - 1)
+        history = [(f"sys{which}", length)] if k else []
+        t = start
+        for turn in range(n):
+            if t >= duration_s:
+                break
+            segments = [*history, (f"c{c}u{turn}", int(users[turn]))]
+            turns.append((t, c, turn, segments, int(responses[turn])))
+            history = [*segments, (f"c{c}o{turn}", int(responses[turn]))]
+            if turn + 1 < n:
+                t += int(responses[turn]) * response_time_per_token_s + float(thinks[turn])
+    turns.sort(key=lambda x: x[:3])
+    requests = [
+        Request(str(i), float(t), sum(m for _, m in segs), out, segments=segs)
+        for i, (t, _, _, segs, out) in enumerate(turns)
+    ]
+    meta = dict(
+        kind="multi_turn",
+        dataset="sharegpt_multiturn",
+        rate=rate,
+        duration_s=duration_s,
+        seed=seed,
+        burstiness=burstiness,
+        arrivals="poisson",
+        think_time_s=think_time_s,
+        response_time_per_token_s=response_time_per_token_s,
+        max_context_len=max_context_len,
+        mean_turns=mean_turns,
+        conversation_rate=rate / mean_turns,
+        num_conversations=len(starts),
+        num_system_prompts=num_system_prompts,
+        system_prompt_lens=sys_lens,
+        system_prompt_zipf=system_prompt_zipf,
+        **_data_meta(path),
+        sampling="conversations drawn uniformly with replacement, turns while the context fits",
     )
     return Workload(requests, meta)
 
@@ -732,6 +1046,169 @@ def trace_workload(
         rescale = fmt != "pagelab"
     cut = duration_s if rescale or fmt != "pagelab" else None
     return load_trace_csv(path, rate if rescale else None, cut, fmt, model)
+
+
+# ---------------------------------------------------------------------- Mooncake traces
+# kvcache-ai/Mooncake's traces (FAST25-release/traces/*.jsonl): one JSON object per line, `timestamp` in
+# ms since the trace's start, `input_length` and `output_length` in tokens, `hash_ids` one id per
+# 512-token block of the prompt (the last may be partial), equal ids meaning equal blocks.
+MOONCAKE_BLOCK_TOKENS = 512
+MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+MOONCAKE_EXAMPLE = (
+    '{"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [46, 47, ...]}'
+)
+
+
+def _json_tokens(obj: dict, name: str, path, line) -> int:
+    raw = obj[name]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != int(raw) or raw < 0:
+        _fail(path, line, name, f"expected a whole number of tokens >= 0, got {raw!r}")
+    return int(raw)
+
+
+@lru_cache(maxsize=4)
+def _parsed_mooncake(path: str, mtime_ns: int, size: int, block_tokens: int) -> tuple:
+    """A Mooncake trace's kept lines in file order: (times in s after the earliest, prompt lengths,
+    output lengths, hash ids per line) and counts of the lines read and skipped (no output tokens).
+    Cached while the file is unchanged."""
+    times, prompts, outputs, hash_ids = [], [], [], []
+    num_rows = num_failed = 0
+    with open(path, encoding="utf-8") as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            num_rows += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise WorkloadError(
+                    f"{path}:{ln}: not valid JSON ({e.msg}); a Mooncake trace has one request per line, "
+                    f"e.g. {MOONCAKE_EXAMPLE}"
+                ) from None
+            if not isinstance(obj, dict):
+                raise WorkloadError(f"{path}:{ln}: expected a JSON object like {MOONCAKE_EXAMPLE}")
+            for name in MOONCAKE_FIELDS:
+                if name not in obj:
+                    _fail(
+                        path,
+                        ln,
+                        name,
+                        f"missing (the line has {', '.join(obj) or 'no fields'}); each line needs "
+                        f"{', '.join(MOONCAKE_FIELDS)}, e.g. {MOONCAKE_EXAMPLE}",
+                    )
+            t = obj["timestamp"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t >= 0):
+                _fail(path, ln, "timestamp", f"expected milliseconds >= 0, got {t!r}")
+            prompt = _json_tokens(obj, "input_length", path, ln)
+            output = _json_tokens(obj, "output_length", path, ln)
+            ids = obj["hash_ids"]
+            if not isinstance(ids, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in ids):
+                _fail(path, ln, "hash_ids", f"expected a list of integer block ids, got {str(ids)[:80]}")
+            full, partial = divmod(prompt, block_tokens)
+            if len(ids) not in (full, full + (partial > 0)):
+                expected = f"{full + 1} (or {full})" if partial else str(full)
+                _fail(
+                    path,
+                    ln,
+                    "hash_ids",
+                    f"{len(ids)} block ids for input_length {prompt}, expected {expected}: one per "
+                    f"{block_tokens}-token block, the last may be partial; fix the line, or the block size "
+                    "the trace was hashed with (block_tokens)",
+                )
+            if output == 0:  # as trace_csv: a request generates at least one token
+                num_failed += 1
+                continue
+            times.append(t / 1000)
+            prompts.append(prompt)
+            outputs.append(output)
+            hash_ids.append(tuple(ids))
+    if not times:
+        failed = f" ({num_failed} skipped: no output tokens)" if num_failed else ""
+        raise WorkloadError(
+            f"{path}: no requests in the file{failed}; expected lines like {MOONCAKE_EXAMPLE}"
+        )
+    if num_failed:
+        log.info("%s: skipped %d of %d lines: output_length 0", path, num_failed, num_rows)
+    t = np.array(times, dtype=np.float64)
+    t -= t.min()
+    arrays = (t, np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64))
+    for a in arrays:
+        a.setflags(write=False)
+    counts = dict(num_trace_rows=num_rows, num_skipped_failed=num_failed)
+    return (*arrays, tuple(hash_ids), counts)
+
+
+def mooncake_segments(
+    hash_ids: tuple[int, ...], prompt_len: int, request_id: str, block_tokens: int = MOONCAKE_BLOCK_TOKENS
+) -> list[tuple[str | int, int]]:
+    """A Mooncake request's prompt as segments: block j is segment hash_ids[j] (integer ids), the last
+    one possibly partial (the first tokens of that segment); a partial block without an id (the trace
+    gives input_length // 512 ids) is the request's own segment."""
+    segments: list[tuple[str | int, int]] = [
+        (h, min(block_tokens, prompt_len - j * block_tokens)) for j, h in enumerate(hash_ids)
+    ]
+    rest = prompt_len - len(hash_ids) * block_tokens
+    if rest > 0:
+        segments.append((f"r{request_id}.tail", rest))
+    return segments
+
+
+def load_mooncake(
+    path: str | Path,
+    rate: float | None = None,
+    duration_s: float | None = None,
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS,
+) -> Workload:
+    """A Mooncake trace (JSON lines of timestamp in ms, input_length, output_length, hash_ids), in
+    arrival order, with each prompt's blocks as segments (mooncake_segments): requests naming the same
+    hash ids share those tokens, so the prefix cache sees the trace's reuse.
+
+    rate: None keeps the trace's own times (ms / 1000, after the earliest); a rate rescales them to that
+    mean rate (rescale_times). duration_s: None keeps every request; else those arriving before it.
+    Lines with output_length 0 are skipped and counted, as trace_csv's. A request's id is its line's
+    index among the kept lines, in file order."""
+    if not Path(path).is_file():
+        raise WorkloadError(f"{path}: no such file")
+    st = os.stat(path)
+    times, prompts, outputs, hash_ids, counts = _parsed_mooncake(
+        str(path), st.st_mtime_ns, st.st_size, block_tokens
+    )
+    order = np.argsort(times, kind="stable")
+    own = mean_rate(times)
+    scaled = times[order] if rate is None else rescale_times(times[order], rate)
+    num = len(scaled) if duration_s is None else int(np.searchsorted(scaled, duration_s, side="left"))
+    if num == 0:
+        raise WorkloadError(
+            f"{path}: no request arrives before duration_s={duration_s:g} (the first at {scaled[0]:.3f} s); "
+            "raise duration_s"
+        )
+    requests = []
+    for i, t in zip(order[:num].tolist(), scaled[:num].tolist()):
+        p = int(prompts[i])
+        segments = mooncake_segments(hash_ids[i], p, str(i), block_tokens)
+        requests.append(Request(str(i), t, p, int(outputs[i]), segments=segments))
+    meta = dict(
+        kind="mooncake",
+        path=str(path),
+        rate=rate,
+        rescaled=rate is not None,
+        time_scale=1.0 if rate is None else own / rate,
+        trace_mean_rate=own,
+        trace_span_s=float(scaled[-1] - scaled[0]),
+        duration_s=duration_s,
+        block_tokens=block_tokens,
+        **counts,
+        **_data_meta(Path(path)),
+    )
+    return Workload(requests, meta)
+
+
+def mooncake_workload(
+    path: str | Path, rate: float, duration_s: float, rescale: bool | None = None
+) -> Workload:
+    """An experiment's kind=mooncake point: rescale true (or null, the default) rescales the trace to
+    the sweep's `rate`; false keeps its own times (the rate unused). Then cut to duration_s."""
+    return load_mooncake(path, rate if rescale is None or rescale else None, duration_s)
 
 
 def load_sharegpt_json(

@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baselines import SYSTEMS, BuddyAllocator, FasterTransformer, OrcaMax, OrcaOracle, OrcaPow2, build_system
+from baselines import (
+    ALL_SYSTEMS,
+    SYSTEMS,
+    BuddyAllocator,
+    FasterTransformer,
+    OrcaMax,
+    OrcaOracle,
+    OrcaPow2,
+    build_system,
+)
 from harness.simulate import SimConfig, simulate
 from harness.workload import synthetic
 from paged import AllocStatus, CacheConfig, Engine, NullExecutor, Scheduler, SchedulerConfig, SequenceStatus
@@ -187,7 +196,7 @@ def workload(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("system", ALL_SYSTEMS)
 def test_every_system_runs_and_its_waste_sums_to_the_cache(system, workload):
     from harness.workload import Workload
 
@@ -268,3 +277,45 @@ def test_random_workloads_on_the_baselines(system, num_blocks, requests):
         if g.reject_reason is None:
             assert all(s.num_output_tokens == g.sampling_params.max_tokens for s in g.seqs)
     assert memory.chunks == {} and memory.arena.num_free == num_blocks
+
+
+# ---------------------------------------------------------------- vAttention (baselines/vattention.py)
+def test_vattention_pages_hold_whole_tokens_and_waste_at_most_a_page_per_request(workload):
+    """OPT-13B keeps 10 KiB of keys per token and layer: a 64 KiB page holds 6 tokens, 2 MiB 204.
+    Internal fragmentation and reservation never pass one page per running request, and its decode
+    reads contiguous memory (no paged-kernel overhead)."""
+    from baselines.vattention import tokens_per_page
+    from harness.sim.cost_model import CostModel
+    from harness.sim.hardware import load_hardware
+    from harness.workload import Workload
+    from paged.presets import load_model
+
+    model, gpu = load_model("opt-13b"), load_hardware("a100_40gb")
+    assert tokens_per_page(model, 64) == 6 and tokens_per_page(model, 2048) == 204
+    paged, contiguous = (
+        CostModel(model, gpu, block_size=16),
+        CostModel(model, gpu, block_size=6, contiguous=True),
+    )
+    assert contiguous.decode_ms(32, 32 * 500) < paged.decode_ms(32, 32 * 500)
+    w = Workload.load(workload)
+    for system, page in (("vattention", 6), ("vattention_2m", 204)):
+        r = simulate(w, SimConfig(system=system))
+        assert r.engine.scheduler.memory.block_size == page
+        for step in r.engine.records():
+            if step.memory is not None:
+                waste = step.memory.internal_fragmentation + step.memory.reservation
+                assert waste <= page * max(1, step.num_running_groups)
+
+
+def test_vattention_is_a_simulator_baseline_without_a_prefix_cache():
+    from harness.server import ServerConfig
+
+    with pytest.raises(ValueError, match="no prefix cache"):
+        simulate(
+            synthetic("sharegpt_synthetic", rate=1.0, duration_s=5, seed=1),
+            SimConfig(system="vattention", server=ServerConfig(enable_prefix_caching=True)),
+        )
+    from harness.simulate import build
+
+    with pytest.raises(ValueError, match="backend=sim"):
+        build(SimConfig(system="vattention", backend="real", model="opt-125m"))

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import paged.sequence as sequence_module
-from baselines import SYSTEMS
+from baselines import ALL_SYSTEMS, SYSTEMS
 from harness.metrics import step_series
 from harness.overload import OverloadStop
 from harness.simulate import ServerConfig, SimConfig, build, simulate
@@ -90,7 +90,7 @@ requests = st.lists(
 )
 @given(
     reqs=requests,
-    system=st.sampled_from(SYSTEMS),
+    system=st.sampled_from(ALL_SYSTEMS),
     composition=st.sampled_from(["separate", "mixed", "chunked"]),
     preemption=st.sampled_from(["auto", "recompute", "swap"]),
     block_size=st.sampled_from([1, 4, 16, 256]),  # 256: a first step whose append finds no block

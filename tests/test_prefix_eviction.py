@@ -89,3 +89,122 @@ def test_admissions_count_queried_and_hit_blocks():
 def test_an_unknown_eviction_policy_names_the_choices():
     with pytest.raises(ValueError, match="lfu, lru, radix|lru, lfu, radix"):
         CacheConfig(num_gpu_blocks=4, enable_prefix_caching=True, prefix_eviction="fifo")
+
+
+# ---------------------------------------------------------------- the host tier (paged/host_tier.py)
+def test_an_evicted_block_comes_back_from_the_host_tier():
+    """Three prompts on a 6-block cache: a's blocks are evicted by b's and offloaded; c repeats a's
+    prompt and gets them back by swap-in (host -> device) instead of computing them, reading back
+    exactly a's KV (the shadow store)."""
+    from paged import BlockManager, CacheConfig, Scheduler, SchedulerConfig
+    from tests.shadow import ShadowExecutor, check_contents, check_invariants, check_parked_blocks
+
+    def serve(host_blocks):
+        cache = CacheConfig(
+            num_gpu_blocks=6,
+            block_size=2,
+            num_cpu_blocks=4,
+            watermark=0.0,
+            enable_prefix_caching=True,
+            num_host_cache_blocks=host_blocks,
+        )
+        m = BlockManager(cache, 64)
+        sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=64), m)
+        ex = ShadowExecutor(m)
+        t, swapped_in = 0.0, 0
+        for g in (
+            make_group("a", range(9), 2),
+            make_group("b", range(50, 59), 2),
+            make_group("c", range(9), 2),
+        ):
+            sched.add(g)
+            while sched.has_unfinished:
+                out = sched.schedule(t)
+                swapped_in += len(out.blocks_to_swap_in)
+                assert all(h >= 4 for _, h in out.blocks_to_swap_out)  # after the swap space's blocks
+                sched.postprocess(out, ex.execute(out).outputs, t)
+                t += 1
+                check_invariants(m)
+                check_contents(m, ex, sched.running + sched.swapped)
+                check_parked_blocks(m, ex)
+        return m, swapped_in, g
+
+    m, swapped_in, c = serve(8)
+    assert m.host_tier.num_restores == swapped_in == 3 and m.host_tier.num_offloads >= 3
+    assert m.prefix_cache.num_hit_blocks == 4  # one still on the device, three from the host
+    m0, _, _ = serve(0)
+    assert m0.host_tier is None and m0.prefix_cache.num_hit_blocks < 4
+
+
+def test_the_host_tier_raises_the_hit_rate_in_the_simulator(tmp_path):
+    """exp=smoke on the chatbot workload (multi-turn histories) with prefix caching: a 4 GiB host
+    tier brings back blocks the device cache evicted."""
+    import csv
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from harness.config import CONF_DIR, register
+    from harness.experiment import run_experiment
+
+    register()
+    rows = {}
+    for gib in (0, 4):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            raw = compose(
+                config_name="config",
+                overrides=[
+                    "exp=smoke",
+                    "systems=[vllm]",
+                    "request_rates=[1.0]",
+                    "workload.kind=chatbot",
+                    "system.enable_prefix_caching=true",
+                    f"system.host_cache_gib={gib}",
+                    f"results_dir={tmp_path / str(gib)}",
+                ],
+            )
+        run = run_experiment(OmegaConf.to_object(raw), OmegaConf.to_yaml(raw), progress=False)
+        rows[gib] = next(csv.DictReader(open(run / "points.csv")))
+    assert int(rows[0]["host_restores"]) == 0 and int(rows[4]["host_restores"]) > 0
+    assert float(rows[4]["prefix_hit_rate"]) > float(rows[0]["prefix_hit_rate"])
+
+
+def test_the_real_engine_restores_evicted_blocks_and_keeps_its_tokens():
+    """On the model runner: prompts served one after another on a cache too small to keep them all,
+    then again; the second time their blocks come back from the host tier (real copies into the
+    device cache), and every greedy token equals transformers'."""
+    from paged import (
+        BlockManager,
+        CacheConfig,
+        Engine,
+        SamplingParams,
+        Scheduler,
+        SchedulerConfig,
+        SequenceGroup,
+    )
+    from paged.model_runner import ModelRunner
+    from paged.real_executor import RealExecutor
+    from tests.test_model_runner import hf_greedy, tiny
+
+    model = tiny("llama")
+    prompts = [[(7 * i + j) % 100 + 1 for j in range(17)] for i in range(4)]
+    num_gpu, num_cpu, num_host = 12, 8, 32
+    cache = CacheConfig(
+        num_gpu_blocks=num_gpu,
+        block_size=4,
+        num_cpu_blocks=num_cpu,
+        watermark=0.0,
+        enable_prefix_caching=True,
+        num_host_cache_blocks=num_host,
+    )
+    memory = BlockManager(cache, 128)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=128, max_model_len=128), memory)
+    engine = Engine(sched, RealExecutor(ModelRunner(model, num_gpu, 4, num_cpu + num_host)))
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    got = []
+    for i, p in enumerate(prompts + prompts):
+        g = SequenceGroup(str(i), p, params, arrival_time=float(i))
+        engine.run([g])
+        got.append(g.seqs[0].output_token_ids)
+    assert memory.host_tier.num_restores > 0
+    assert got == [hf_greedy(model, p, 4) for p in prompts + prompts]

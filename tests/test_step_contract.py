@@ -81,7 +81,9 @@ request = st.fixed_dictionaries(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    system=st.sampled_from(["vllm", "vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer"]),
+    system=st.sampled_from(
+        ["vllm", "vllm", "orca_max", "orca_pow2", "orca_oracle", "fastertransformer", "vattention"]
+    ),
     num_gpu_blocks=st.sampled_from([16, 32, 64]),
     mode=st.sampled_from(["auto", "recompute", "swap"]),
     caching=st.booleans(),
@@ -93,6 +95,7 @@ def test_the_scheduler_output_carries_the_policy_state(
     system, num_gpu_blocks, mode, caching, composition, policy, requests
 ):
     vllm = system == "vllm"
+    paged = system in ("vllm", "vattention")  # block managers (vAttention's blocks are pages)
     cache = CacheConfig(
         num_gpu_blocks=num_gpu_blocks,
         block_size=4,
@@ -133,7 +136,7 @@ def test_the_scheduler_output_carries_the_policy_state(
             s.num_output_tokens == g.sampling_params.max_tokens for s in g.seqs
         )
     # No block leaks: once the prefix is released, every block is free again.
-    if vllm:
+    if paged:
         check_invariants(memory)
         memory.release_prefix(prefix)
         assert memory.gpu.num_free == num_gpu_blocks and memory.cpu.num_free == 64

@@ -109,9 +109,12 @@ class CostModel:
         calibration: dict | None = None,
         max_table_tokens: int = 8192,
         kv_dtype_bytes: float | None = None,
+        contiguous: bool = False,
     ) -> None:
         """kv_dtype_bytes: bytes per stored key or value element (ServerConfig.kv_cache_dtype); None:
-        the model's dtype. It scales the KV bytes a decode reads and a swap moves."""
+        the model's dtype. It scales the KV bytes a decode reads and a swap moves. contiguous: decode
+        attention reads contiguous memory, without the paged kernel's per-block overhead (vAttention,
+        baselines/vattention.py)."""
         cal = calibration or load_calibration(gpu.calibration_file or str(CALIBRATION_FILE))
         self.model, self.gpu, self.tp, self.block_size = model, gpu, tp, block_size
         hw = cal[gpu.calibration]
@@ -156,7 +159,7 @@ class CostModel:
         L = model.num_hidden_layers
         # KV bytes of one context token read by a decode step, all layers, one GPU.
         self._kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype_bytes, tp=tp)
-        self.paged_factor = 1.0 + self.paged_block_overhead / block_size
+        self.paged_factor = 1.0 + (0.0 if contiguous else self.paged_block_overhead / block_size)
         self._decode_ms_per_ctx_token = (
             self._kv_bytes_per_token / (self._bytes_per_ms * self.decode_bw_eff) * self.paged_factor
         )

@@ -39,6 +39,7 @@ class KVCapacity:
     num_gpu_blocks: int
     num_cpu_blocks: int
     block_size: int
+    num_host_cache_blocks: int = 0  # the prefix cache's host tier (ServerConfig.host_cache_gib)
 
     @property
     def num_slots(self) -> int:
@@ -111,5 +112,6 @@ def kv_capacity(
         block_bytes=block_bytes,
         num_gpu_blocks=num_gpu_blocks,
         num_cpu_blocks=int(s.swap_space_gib * GIB) // block_bytes,
+        num_host_cache_blocks=int(s.host_cache_gib * GIB) // block_bytes,
         block_size=s.block_size,
     )
