@@ -173,6 +173,22 @@ class BlockManager:
         status = AllocStatus.LATER if self.gpu.num_free - needed < self.watermark_blocks else AllocStatus.OK
         return AllocPlan(status, num_new_tokens=num_tokens, detail=placement)
 
+    def num_cached_prefix_blocks(self, group: SequenceGroup) -> int:
+        """Leading full blocks of the group's prompt found in the prefix cache now (a hit needs at
+        least the last token left to compute, as in `_place`); 0 without a cache."""
+        cache = self.prefix_cache
+        if cache is None:
+            return 0
+        tokens, bs = group.prompt_token_ids, self.block_size
+        prev, n = ROOT_HASH, 0
+        while (n + 1) * bs < len(tokens):
+            block = tuple(tokens[n * bs : (n + 1) * bs])
+            prev = chain_hash(prev, block)
+            if cache.lookup(prev, block) is None:
+                break
+            n += 1
+        return n
+
     def _num_parked_hits(self, placement: Placement) -> int:
         """Cache hits on blocks nobody references use up a free (evictable) block each."""
         ref_counts = self.gpu.ref_counts

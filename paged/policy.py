@@ -14,6 +14,9 @@ waiting request may preempt running ones:
   now, preempts running groups from the largest key down until it fits (vLLM v0's priority
   preemption; the victims are recomputed).
 
+- `bind(scheduler)`: called once with the scheduler that uses the policy, for a key that needs its
+  state (the memory manager, `CacheAware`).
+
 A new policy is a subclass with its own `name` and `key`, registered with `register_policy`; it is then
 `SchedulerConfig(policy=name)` and `system.scheduling_policy=name` in the harness. docs/extending.md
 has a worked example and the tests every policy must pass.
@@ -33,6 +36,9 @@ class SchedulingPolicy:
     by_arrival = True
     preempts = False
 
+    def bind(self, scheduler) -> None:
+        self.scheduler = scheduler
+
     def key(self, group: SequenceGroup) -> Any:
         return group.arrival_time
 
@@ -49,6 +55,24 @@ class Priority(SchedulingPolicy):
         return group.priority, group.arrival_time
 
 
+class CacheAware(SchedulingPolicy):
+    """Longest cached prefix first (SGLang's longest-prefix-match admission): the waiting request whose
+    prompt has the most leading blocks in the prefix cache when it joins the queue goes first, ties
+    by arrival. The count is taken once, when the request first joins the queue (a key never changes
+    while it waits), so a block cached later does not reorder it. Without a prefix cache it is FCFS."""
+
+    name = "cache_aware"
+    by_arrival = False
+
+    def key(self, group: SequenceGroup) -> Any:
+        cached = group.cached_prefix_blocks
+        if cached is None:
+            memory = self.scheduler.memory
+            count = getattr(memory, "num_cached_prefix_blocks", None)
+            cached = group.cached_prefix_blocks = count(group) if count is not None else 0
+        return -cached, group.arrival_time
+
+
 POLICIES: dict[str, type[SchedulingPolicy]] = {}
 
 
@@ -60,3 +84,4 @@ def register_policy(cls: type[SchedulingPolicy]) -> type[SchedulingPolicy]:
 
 register_policy(SchedulingPolicy)
 register_policy(Priority)
+register_policy(CacheAware)

@@ -66,6 +66,7 @@ class Scheduler:
         self._held: list[SequenceGroup] = []
         # The order of every queue, and of preemption (the last goes first): paged/policy.py.
         self.policy = POLICIES[config.policy]()
+        self.policy.bind(self)
         self._order = _arrival if self.policy.by_arrival else self.policy.key
 
     def add(self, group: SequenceGroup) -> None:

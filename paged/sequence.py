@@ -157,6 +157,8 @@ class SequenceGroup:
         # Lower is served first under SchedulerConfig.policy="priority" (vLLM's convention); ignored
         # under fcfs.
         self.priority = priority
+        # Prompt blocks found in the prefix cache when it joined the queue (policy "cache_aware").
+        self.cached_prefix_blocks: int | None = None
         self.sampling_params = sampling_params
         self.prefix = prefix
         self.eos_token_id = eos_token_id

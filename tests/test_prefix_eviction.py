@@ -208,3 +208,22 @@ def test_the_real_engine_restores_evicted_blocks_and_keeps_its_tokens():
         got.append(g.seqs[0].output_token_ids)
     assert memory.host_tier.num_restores > 0
     assert got == [hf_greedy(model, p, 4) for p in prompts + prompts]
+
+
+def test_cache_aware_admission_takes_the_longest_cached_prefix_first():
+    """policy="cache_aware": of two waiting requests, the one whose prompt is cached goes first even
+    though it arrived later; without a prefix cache the order is arrival."""
+    from paged import NullExecutor
+    from tests.conftest import make_scheduler
+
+    for caching, first in ((True, "hit"), (False, "miss")):
+        sched, _ = make_scheduler(caching=caching, policy="cache_aware", max_num_seqs=1)
+        warm = make_group("warm", range(40), max_tokens=1)
+        sched.add(warm)
+        while sched.has_unfinished:
+            out = sched.schedule(0.0)
+            sched.postprocess(out, NullExecutor().execute(out).outputs, 0.0)
+        sched.add(make_group("miss", range(100, 140), max_tokens=1, arrival=1.0))
+        sched.add(make_group("hit", range(40), max_tokens=1, arrival=2.0))
+        out = sched.schedule(2.0)
+        assert [g.request_id for g in out.scheduled_groups] == [first], caching
