@@ -27,6 +27,7 @@ from harness.metrics import (
     step_series,
 )
 from harness.overload import OverloadStop
+from harness.prefix_workloads import multi_turn, system_prompts
 from harness.results import (
     POINT_COLUMNS,
     REQUEST_COLUMNS,
@@ -38,18 +39,8 @@ from harness.results import (
 )
 from harness.simulate import BACKENDS, SimConfig, build, simulate
 from harness.step_series import save_series, series_path
-from harness.workload import (
-    Workload,
-    assign_priorities,
-    chatbot,
-    load_lengths_csv,
-    mooncake_workload,
-    multi_turn,
-    shared_prefix,
-    synthetic,
-    system_prompts,
-    trace_workload,
-)
+from harness.traces import load_lengths_csv, mooncake_workload, trace_workload
+from harness.workload import Workload, assign_priorities, chatbot, shared_prefix, synthetic
 from paged.block_manager import BlockManager
 
 

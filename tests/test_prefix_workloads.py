@@ -16,19 +16,9 @@ from omegaconf import OmegaConf
 
 from harness.config import CONF_DIR, Config, register
 from harness.experiment import ExperimentError, Point, run_experiment, run_point, validate
-from harness.workload import (
-    Request,
-    Workload,
-    WorkloadError,
-    conversation_turns,
-    load_mooncake,
-    mooncake_segments,
-    multi_turn,
-    segment_tokens,
-    synthetic,
-    system_prompts,
-    zipf_probabilities,
-)
+from harness.prefix_workloads import conversation_turns, multi_turn, system_prompts, zipf_probabilities
+from harness.traces import load_mooncake, mooncake_segments
+from harness.workload import Request, Workload, WorkloadError, segment_tokens, synthetic
 
 register()
 

@@ -19,16 +19,15 @@ from omegaconf import OmegaConf
 from harness.config import CONF_DIR, Config, register
 from harness.experiment import ExperimentError, run_experiment, validate
 from harness.results import POINT_COLUMNS, open_run_dir
-from harness.workload import (
-    WorkloadError,
+from harness.traces import (
     detect_trace_format,
     load_azure_csv,
     load_burstgpt_csv,
     load_trace_csv,
-    mean_rate,
     rescale_times,
     trace_workload,
 )
+from harness.workload import WorkloadError, mean_rate
 
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 BURSTGPT_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"
@@ -96,7 +95,7 @@ def test_burstgpt_skips_failed_requests_counts_them_and_filters_by_model(tmp_pat
         ],
     )
     assert detect_trace_format(path) == "burstgpt"
-    with caplog.at_level(logging.INFO, logger="harness.workload"):
+    with caplog.at_level(logging.INFO, logger="harness.traces"):
         w = load_burstgpt_csv(path)
     assert [(r.arrival_time, r.prompt_len, r.output_len) for r in w.requests] == [
         (0.0, 472, 18),
@@ -228,7 +227,7 @@ def test_a_rescaled_trace_is_cut_at_duration_or_just_ends(tmp_path, caplog):
     assert fast.meta["rescaled"] and 30 < len(fast) < 70
     assert all(r.arrival_time < 10.0 for r in fast.requests)
     assert fast.meta["trace_mean_rate"] == pytest.approx(mean_rate(times - times[0]))
-    with caplog.at_level(logging.INFO, logger="harness.workload"):
+    with caplog.at_level(logging.INFO, logger="harness.traces"):
         whole = trace_workload(path, rate=5.0, duration_s=60.0)
     assert len(whole) == 100 and whole.mean_rate() == pytest.approx(5.0)
     assert "the trace ends at" in caplog.text and "not looped" in caplog.text

@@ -7,14 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from harness.traces import load_lengths_csv, load_sharegpt_json, load_trace_csv
 from harness.workload import (
     Workload,
     WorkloadError,
     arrival_times,
     chatbot,
-    load_lengths_csv,
-    load_sharegpt_json,
-    load_trace_csv,
     sample_lengths,
     shared_prefix,
     synthetic,
