@@ -20,7 +20,9 @@ class HostTier:
         self.num_blocks = num_blocks
         self.entries: OrderedDict[int, tuple[int, tuple[int, ...]]] = OrderedDict()
         self.free: list[int] = list(range(first_block + num_blocks - 1, first_block - 1, -1))
-        self.pinned: set[int] = set()  # host blocks a restore reads in the step being scheduled
+        # Host blocks a restore reads, or an offload writes, in the step being scheduled: neither may
+        # be overwritten by another offload of that step (one destination per swap-out).
+        self.pinned: set[int] = set()
         self.num_offloads = 0
         self.num_restores = 0
 
@@ -52,6 +54,7 @@ class HostTier:
                 return None
             host_block = self.entries.pop(victim)[0]
         self.entries[block_hash] = (host_block, token_ids)
+        self.pinned.add(host_block)
         self.num_offloads += 1
         return host_block
 

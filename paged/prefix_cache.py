@@ -170,6 +170,17 @@ class Radix(_Heap):
         if block in self.since:
             heapq.heappush(self.heap, (self.since[block], block))
 
+    def pop(self, cache: PrefixCache) -> int:
+        # A block pushed as a leaf may have gained a cached child since (a sequence holding its own
+        # copy of it published the next block): skip it; `leaf` pushes it again when that child goes.
+        while self.heap:
+            tick, block = self.heap[0]
+            if self.since.get(block) == tick and cache.num_children.get(cache.block_hash[block]):
+                heapq.heappop(self.heap)
+                continue
+            break
+        return super().pop(cache)
+
 
 EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {}
 

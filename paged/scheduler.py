@@ -503,6 +503,8 @@ class Scheduler:
         "auto": recomputing would duplicate the blocks its sequences share."""
         if group.max_num_running_seqs > 1:
             return "swap"
+        if not self.memory.can_swap_out(group):
+            return "recompute"  # no swap space for it: nothing to weigh
         costs = self.preemption_costs
         if costs is None:
             raise RuntimeError(
