@@ -61,6 +61,14 @@ CPU_KV_CACHE_GIB = 4.0  # vLLM's CPU backend's default KV space (VLLM_CPU_KVCACH
 CHUNKED_PREFILL_BATCHED_TOKENS = 512
 
 
+def default_batched_tokens(enable_chunked_prefill: bool, max_num_seqs: int, max_model_len: int) -> int:
+    """The step's token budget when none is given (LLM and pagelab serve alike): vLLM v0's 512 with
+    chunked prefill (at least one token per running sequence), else max(2560, max_model_len)."""
+    if enable_chunked_prefill:
+        return max(CHUNKED_PREFILL_BATCHED_TOKENS, max_num_seqs)
+    return max(2560, max_model_len)
+
+
 class LLM:
     """The offline engine. The KV cache is sized, in this order: `kv_cache_gib` when given; on CUDA by
     profiling the largest step's peak memory and keeping `gpu_memory_utilization` of the device; on
@@ -117,10 +125,7 @@ class LLM:
                 f"max_model_len {max_len} exceeds the model's {cfg.max_position_embeddings} positions"
             )
         if max_num_batched_tokens is None:
-            if enable_chunked_prefill:
-                max_num_batched_tokens = max(CHUNKED_PREFILL_BATCHED_TOKENS, max_num_seqs)
-            else:
-                max_num_batched_tokens = max(2560, max_len)
+            max_num_batched_tokens = default_batched_tokens(enable_chunked_prefill, max_num_seqs, max_len)
         self.scheduler_config = SchedulerConfig(
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,

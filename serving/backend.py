@@ -161,16 +161,13 @@ def _sim_backend(
 ) -> Backend:
     from harness.server import ServerConfig
     from harness.simulate import SimConfig, build
-    from paged.llm import CHUNKED_PREFILL_BATCHED_TOKENS
+    from paged.llm import default_batched_tokens
     from paged.presets import load_model
 
     if max_num_batched_tokens is None:  # as LLM's defaults
         spec = load_model(model)
-        max_num_batched_tokens = (
-            max(CHUNKED_PREFILL_BATCHED_TOKENS, max_num_seqs)
-            if enable_chunked_prefill
-            else max(2560, max_model_len or spec.max_position_embeddings)
-        )
+        max_len = max_model_len or spec.max_position_embeddings
+        max_num_batched_tokens = default_batched_tokens(enable_chunked_prefill, max_num_seqs, max_len)
     server = ServerConfig(
         block_size=block_size,
         kv_cache_gib=kv_cache_gib,

@@ -54,10 +54,12 @@ def test_the_simulator_prices_swapping_per_block_and_recomputation_per_token():
     from harness.sim.hardware import load_hardware
     from paged.presets import load_model
 
-    costs = ModelledPreemptionCosts(CostModel(load_model("opt-13b"), load_hardware("a100_40gb")))
-    assert costs.swap_s(1024) > costs.recompute_s(1024)  # block size 1
-    assert costs.swap_s(4) < costs.recompute_s(1024)  # block size 256
-    assert costs.recompute_s(0) == 0.0
+    model, gpu = load_model("opt-13b"), load_hardware("a100_40gb")
+    small = ModelledPreemptionCosts(CostModel(model, gpu, block_size=1))
+    large = ModelledPreemptionCosts(CostModel(model, gpu, block_size=256))
+    assert small.swap_s(1024) > small.recompute_s(1024)  # 1024 blocks of one token
+    assert large.swap_s(4) < large.recompute_s(1024)  # 4 blocks of 256 tokens
+    assert small.recompute_s(0) == 0.0
 
 
 def test_the_real_engine_measures_its_costs_and_keeps_its_tokens():
