@@ -108,6 +108,9 @@ class ContiguousManager(abc.ABC):
     def mark_computed(self, group: SequenceGroup) -> None:
         return None
 
+    def end_step(self) -> None:
+        return None  # no copies to hold sources for
+
     # ------------------------------------------------------------------ decoding
     def _capacity_of(self, seq: Sequence) -> int:
         return (1 << self.chunks[seq.seq_id][1]) * self.block_size

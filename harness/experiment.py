@@ -82,6 +82,7 @@ def _fmt(value) -> str:
 PREFIX_CACHE_COLUMNS = (
     "prefix_hit_rate",
     "prefix_hit_blocks",
+    "prefix_hit_tokens",
     "prefix_evictions",
     "host_offloads",
     "host_restores",
@@ -442,6 +443,7 @@ def run_point(cfg: Config, point: Point) -> tuple[dict, list[dict], dict]:
         queried = cache.num_queried_blocks
         row["prefix_hit_rate"] = cache.num_hit_blocks / queried if queried else float("nan")
         row["prefix_hit_blocks"] = cache.num_hit_blocks
+        row["prefix_hit_tokens"] = cache.num_hit_tokens
         row["prefix_evictions"] = cache.num_evictions
         tier = result.engine.scheduler.memory.host_tier
         row["host_offloads"] = tier.num_offloads if tier is not None else 0

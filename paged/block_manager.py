@@ -62,6 +62,8 @@ class Placement:
     num_new_blocks: int
     copies: list[tuple[int, NewBlock]]  # (existing block, new block it is copied into)
     restores: list[tuple[int, NewBlock]] | None = None  # (block hash in the host tier, new block)
+    # Cached blocks that copies read for a token-level match: held until the step ran (`end_step`).
+    pins: list[int] | None = None
 
     def existing_blocks(self) -> list[int]:
         """Every entry that is an existing block, once per table entry."""
@@ -97,6 +99,13 @@ class BlockManager:
         self.host_tier = None
         self.offloads: list[tuple[int, int]] = []
         self.restores: list[tuple[int, int]] = []
+        # Token-level matching (PrefixCache's policy.partial_match): the sequence that publishes a
+        # block and the token count by which it has written it, so that a copy never reads a block
+        # whose KV a prompt writes only in this step's (or a later chunk's) forward pass; and the
+        # copy sources referenced until the step that copies them ran.
+        self.partial_match = self.prefix_cache is not None and self.prefix_cache.policy.partial_match
+        self._writers: dict[int, tuple[Sequence, int]] = {}
+        self.copy_pins: list[int] = []
         if cache_config.num_host_cache_blocks:
             self.host_tier = HostTier(cache_config.num_host_cache_blocks, cache_config.num_cpu_blocks)
             self.prefix_cache.on_evict = self._offload
@@ -190,9 +199,21 @@ class BlockManager:
         return n
 
     def _num_parked_hits(self, placement: Placement) -> int:
-        """Cache hits on blocks nobody references use up a free (evictable) block each."""
+        """Cache hits and copy sources on blocks nobody references use up a free (evictable) block
+        each."""
         ref_counts = self.gpu.ref_counts
-        return sum(1 for b in set(placement.existing_blocks()) if ref_counts[b] == 0)
+        blocks = set(placement.existing_blocks()).union(placement.pins or ())
+        return sum(1 for b in blocks if ref_counts[b] == 0)
+
+    def _written(self, block: int) -> bool:
+        """Whether a cached block's KV is all written now, before this step's copies run: parked
+        blocks are (an unwritten one is unpublished when freed: `_forget_unwritten`); a referenced
+        one once the sequence that published it has computed past it (num_computed_tokens grows
+        only after a step ran, so blocks published while scheduling this step are not)."""
+        if self.gpu.ref_counts[block] == 0:
+            return True
+        writer = self._writers.get(block)
+        return writer is None or writer[0].num_computed_tokens >= writer[1]
 
     def _place(self, group: SequenceGroup, seqs: list[Sequence]) -> Placement:
         """Decide, block by block, what each waiting sequence shares and what it computes.
@@ -212,6 +233,7 @@ class BlockManager:
         all_hashes: list[list[int]] = []
         copies: list[tuple[int, NewBlock]] = []
         restores: list[tuple[int, NewBlock]] = []
+        pins: list[int] = []
         num_new = 0
         for seq in seqs:
             tokens = seq.token_ids
@@ -226,6 +248,7 @@ class BlockManager:
                 end = min(start + bs, num_tokens)
                 block_tokens = tuple(tokens[start:end])
                 full = end - start == bs
+                parent = prev
                 key = chain_hash(prev, block_tokens) if full else hash((prev, block_tokens, -1))
                 prev = key
                 if full:
@@ -264,6 +287,18 @@ class BlockManager:
                             num_new += 1
                             restores.append((key, entry))
                             num_computed = end
+                if entry is None and leading and self.partial_match:
+                    # Token-level match (radix): copy the cached block that starts like this one
+                    # and compute from where they differ, leaving at least the last token.
+                    src, n = cache.longest_partial(parent, block_tokens, self._written)
+                    n = min(n, num_tokens - 1 - start)
+                    if n > 0:
+                        entry = NewBlock(num_new)
+                        num_new += 1
+                        copies.append((src, entry))
+                        pins.append(src)
+                        num_computed = start + n
+                        leading = False
                 if entry is None:
                     entry = NewBlock(num_new)
                     num_new += 1
@@ -273,7 +308,7 @@ class BlockManager:
             tables.append(table)
             computed.append(num_computed)
             all_hashes.append(hashes)
-        return Placement(tables, computed, all_hashes, num_new, copies, restores)
+        return Placement(tables, computed, all_hashes, num_new, copies, restores, pins)
 
     def allocate(self, group: SequenceGroup, plan: AllocPlan) -> list[tuple[int, int]]:
         """Give the group's waiting sequences their blocks; returns block copies to perform."""
@@ -294,6 +329,9 @@ class BlockManager:
         # about to use; pin the host-tier entries to restore, so that their offloads cannot either.
         for b in placement.existing_blocks():
             gpu.take_cached(b)
+        for b in placement.pins or ():  # read by this step's copies: not evicted or reused before
+            gpu.take_cached(b)
+            self.copy_pins.append(b)
         restored = [(self.host_tier.restore(key), dst) for key, dst in placement.restores or ()]
         new_ids = [gpu.allocate() for _ in range(placement.num_new_blocks)]
         # allocate() gave each new block one reference, for its first table entry; every further
@@ -322,9 +360,12 @@ class BlockManager:
                 bs = self.block_size
                 parent = ROOT_HASH
                 for i, h in enumerate(hashes):
-                    self.prefix_cache.insert(
-                        block_table[i], h, tuple(seq.token_ids[i * bs : (i + 1) * bs]), parent
-                    )
+                    block = block_table[i]
+                    if (
+                        self.prefix_cache.insert(block, h, tuple(seq.token_ids[i * bs : (i + 1) * bs]), parent)
+                        and self.partial_match
+                    ):
+                        self._writers[block] = (seq, (i + 1) * bs)
                     parent = h
         if self.prefix_cache is not None and group.prefix is None:
             # Hit statistics (points.csv): the first sequence's full prompt blocks that a hit could
@@ -332,6 +373,7 @@ class BlockManager:
             cache = self.prefix_cache
             cache.num_queried_blocks += (len(seqs[0].token_ids) - 1) // self.block_size
             cache.num_hit_blocks += placement.num_computed[0] // self.block_size
+            cache.num_hit_tokens += placement.num_computed[0]
         self.shared_prefixes.adopt(group, self.block_tables[seqs[0].seq_id])
         for host_block, dst in restored:
             self.restores.append((host_block, new_ids[dst.index]))
@@ -339,6 +381,12 @@ class BlockManager:
 
     def mark_computed(self, group: SequenceGroup) -> None:
         self.shared_prefixes.mark_computed(group)
+
+    def end_step(self) -> None:
+        """The step ran (its copies are done): drop the references that kept copy sources."""
+        for b in self.copy_pins:
+            self.gpu.decref(b)
+        self.copy_pins.clear()
 
     def release_prefix(self, prefix: SharedPrefix) -> None:
         """Drop a shared prefix's own references; its blocks live on while requests use them."""
@@ -404,7 +452,8 @@ class BlockManager:
         parent = hashes[-1] if hashes else ROOT_HASH
         h = chain_hash(parent, block_tokens)
         hashes.append(h)
-        self.prefix_cache.insert(table[i], h, block_tokens, parent)
+        if self.prefix_cache.insert(table[i], h, block_tokens, parent) and self.partial_match:
+            self._writers[table[i]] = (seq, (i + 1) * bs)
 
     def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
         """The child shares every block of the parent (beam search, section 4.4): nothing to copy."""

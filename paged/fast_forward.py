@@ -328,6 +328,10 @@ class _Batch:
         num_groups = len(sched.running)
         self._take(appends, t + 1)
         out = SchedulerOutput(num_seqs=n)
+        if getattr(self.memory, "partial_match", False):
+            # Token-level matching reads the running sequences' computed tokens (which cached blocks
+            # are written yet: BlockManager._written), as stepping would have them now.
+            self.set_computed()
         sched.admit_into_decode(out, start, n)
         context = int(self.base[alive].sum()) + n * t
         result = self.executor.execute(out, decode=(n, context))

@@ -82,6 +82,11 @@ class KVCacheManager(Protocol):
         """Called after the group's prompt phase ran: its blocks now hold real KV."""
         ...
 
+    def end_step(self) -> None:
+        """Called after each executed step, before its samples are applied: what the policy held for
+        the step's copies can go."""
+        ...
+
     def usage(self, running: list[SequenceGroup]) -> MemoryUsage: ...
 
     def get_block_table(self, seq: Sequence) -> list[int] | range:

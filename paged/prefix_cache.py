@@ -14,7 +14,10 @@ Which parked block goes first is an `EvictionPolicy` (the paper leaves it as fut
 - `radix`: the least recently released among the leaves, blocks no other cached block continues
   (SGLang's RadixAttention evicts leaves of its token radix tree): a prefix is never evicted while a
   longer cached prefix still depends on it, where LRU and LFU can leave a cached tail unreachable
-  behind an evicted middle. Matching stays at block granularity (a partial block is not shared).
+  behind an evicted middle. It also matches at token level, as SGLang's radix tree does: where a
+  prompt's next block is not cached whole, the cached child of its prefix that shares the most
+  leading tokens with it is copied into a new block (copy-on-write, section 4.4) and the prompt
+  computes only the tokens after the common part (`EvictionPolicy.partial_match`).
 
 `register_eviction` adds a policy; docs/extending.md says what it must do and which tests check it.
 """
@@ -39,6 +42,9 @@ class EvictionPolicy:
     (only a policy that evicts leaves needs it)."""
 
     name = ""
+    # Whether a prompt may also copy a cached block that shares only its first tokens with the
+    # prompt's next block (token-level matching; BlockManager._place). Off: block-level matching.
+    partial_match = False
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -155,15 +161,17 @@ class LFU(_Heap):
 class Radix(_Heap):
     """Least recently released leaf first: a parked block with a cached child waits in `since` until
     its last child is dropped (`leaf`). A parked block's children are all parked too (a sequence that
-    holds a block holds every block before it), so some parked block is always a leaf."""
+    holds a block holds every block before it), so some parked block is always a leaf. Matching is
+    token-level (`partial_match`)."""
 
     name = "radix"
+    partial_match = True
 
     def _rank(self, block: int, cache: PrefixCache) -> tuple:
         return ()
 
     def _push(self, block: int, cache: PrefixCache) -> None:
-        if not cache.num_children.get(cache.block_hash[block]):
+        if not cache.children.get(cache.block_hash[block]):
             super()._push(block, cache)
 
     def leaf(self, block: int, cache: PrefixCache) -> None:
@@ -175,7 +183,7 @@ class Radix(_Heap):
         # copy of it published the next block): skip it; `leaf` pushes it again when that child goes.
         while self.heap:
             tick, block = self.heap[0]
-            if self.since.get(block) == tick and cache.num_children.get(cache.block_hash[block]):
+            if self.since.get(block) == tick and cache.children.get(cache.block_hash[block]):
                 heapq.heappop(self.heap)
                 continue
             break
@@ -205,14 +213,17 @@ class PrefixCache:
         # another prefix's KV.
         self.block_tokens: dict[int, tuple[int, ...]] = {}
         self.parent_hash: dict[int, int] = {}  # cached block -> hash of the block before it
-        self.num_children: dict[int, int] = {}  # hash -> cached blocks continuing it
+        # hash -> the cached blocks continuing it, in insertion order (token-level matching reads them)
+        self.children: dict[int, dict[int, None]] = {}
         self.policy = EVICTION_POLICIES[eviction]()
         # Called with (block, hash, tokens) just before an evicted block is forgotten (the host tier).
         self.on_evict = None
         # Counted at admission (BlockManager.allocate): full prompt blocks that could have been hits,
-        # those that were, and the evictions.
+        # those that were, the prompt tokens the hits (whole or partial blocks) saved, and the
+        # evictions.
         self.num_queried_blocks = 0
         self.num_hit_blocks = 0
+        self.num_hit_tokens = 0
         self.num_evictions = 0
 
     @property
@@ -229,16 +240,33 @@ class PrefixCache:
             return None
         return block
 
-    def insert(self, block: int, block_hash: int, token_ids: tuple[int, ...], parent_hash: int) -> None:
-        """Publish a full block. If the same content is already cached in another block, keep the
-        older entry: both blocks stay valid, only one is findable."""
+    def insert(self, block: int, block_hash: int, token_ids: tuple[int, ...], parent_hash: int) -> bool:
+        """Publish a full block; False if the same content is already cached in another block (the
+        older entry is kept: both blocks stay valid, only one is findable)."""
         if block_hash in self.hash_to_block or block in self.block_hash:
-            return
+            return False
         self.hash_to_block[block_hash] = block
         self.block_hash[block] = block_hash
         self.block_tokens[block] = token_ids
         self.parent_hash[block] = parent_hash
-        self.num_children[parent_hash] = self.num_children.get(parent_hash, 0) + 1
+        self.children.setdefault(parent_hash, {})[block] = None
+        return True
+
+    def longest_partial(self, parent_hash: int, token_ids: tuple[int, ...], usable) -> tuple[int, int]:
+        """(block, n): the cached child of `parent_hash` whose first n tokens equal token_ids' first n,
+        n largest (the earliest cached among equals), among those `usable(block)` accepts; n = 0 if
+        none shares a token (token-level matching, SGLang's radix tree)."""
+        best, best_n = -1, 0
+        for block in self.children.get(parent_hash, ()):
+            tokens = self.block_tokens[block]
+            n = 0
+            for a, b in zip(tokens, token_ids):
+                if a != b:
+                    break
+                n += 1
+            if n > best_n and usable(block):
+                best, best_n = block, n
+        return best, best_n
 
     def is_cached(self, block: int) -> bool:
         return block in self.block_hash
@@ -272,11 +300,10 @@ class PrefixCache:
         del self.block_tokens[block]
         self.policy.drop(block)
         parent = self.parent_hash.pop(block)
-        left = self.num_children[parent] - 1
-        if left:
-            self.num_children[parent] = left
-        else:
-            del self.num_children[parent]
+        siblings = self.children[parent]
+        del siblings[block]
+        if not siblings:
+            del self.children[parent]
             parent_block = self.hash_to_block.get(parent)
             if parent_block is not None:
                 self.policy.leaf(parent_block, self)

@@ -558,6 +558,7 @@ class Scheduler:
     ) -> list[SequenceGroup]:
         """Apply the step's samples: append tokens, fork and drop beams, finish sequences and
         groups, free their memory. Returns the groups finished in this step (rejected ones too)."""
+        self.memory.end_step()
         finished = list(out.rejected)
         done = []
         partial = out.partial_prefills

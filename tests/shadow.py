@@ -129,6 +129,8 @@ def check_invariants(manager: BlockManager) -> None:
             for prefix in manager.prefixes:
                 for b in prefix.block_ids:
                     expected[b] += 1
+            for b in manager.copy_pins:  # copy sources of a step scheduled but not yet run
+                expected[b] += 1
         assert pool.ref_counts == expected, "reference counts differ from the block tables"
         free = list(pool.free_ids)
         parked = list(pool.prefix_cache.evictable) if pool.prefix_cache is not None else []
@@ -140,10 +142,10 @@ def check_invariants(manager: BlockManager) -> None:
             cache = pool.prefix_cache
             assert all(cache.hash_to_block[h] == b for b, h in cache.block_hash.items())
             assert len(cache.hash_to_block) == len(cache.block_hash)
-            children: dict[int, int] = {}
-            for parent in cache.parent_hash.values():
-                children[parent] = children.get(parent, 0) + 1
-            assert children == cache.num_children, "the cache's tree lost count of its children"
+            children: dict[int, set[int]] = {}
+            for block, parent in cache.parent_hash.items():
+                children.setdefault(parent, set()).add(block)
+            assert children == {h: set(c) for h, c in cache.children.items()}, "the cache's tree lost a child"
             assert set(cache.parent_hash) == set(cache.block_hash)
 
 
@@ -170,6 +172,8 @@ def brute_force_usage(manager: BlockManager, groups) -> tuple[int, int, int]:
         for i, block in enumerate(prefix.block_ids):
             f = min(max(len(prefix) - i * bs, 0), bs)
             note(block, f, f)
+    for block in manager.copy_pins:  # a cached (full) copy source held until its step ran
+        note(block, bs, bs)
     used = [b for b, c in enumerate(manager.gpu.ref_counts) if c > 0]
     assert sorted(filled) == used, "a used block is held by no running sequence or prefix"
     token_states = sum(filled.values())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from paged import CacheConfig
+from paged import BlockManager, CacheConfig
 from paged.prefix_cache import EVICTION_POLICIES, ROOT_HASH, PrefixCache, chain_hash
 from tests.conftest import make_group, make_manager
 
@@ -84,6 +84,143 @@ def test_admissions_count_queried_and_hit_blocks():
     admit(m, b)
     cache = m.prefix_cache
     assert (cache.num_queried_blocks, cache.num_hit_blocks) == (3 + 2, 2)
+
+
+# ---------------------------------------------------------------- token-level matching (radix)
+def _radix_manager(num_gpu_blocks=16):
+    m = make_manager(num_gpu_blocks=num_gpu_blocks, block_size=4, caching=True)
+    return m, BlockManager(
+        CacheConfig(
+            num_gpu_blocks=num_gpu_blocks,
+            block_size=4,
+            num_cpu_blocks=16,
+            watermark=0.0,
+            enable_prefix_caching=True,
+            prefix_eviction="radix",
+        ),
+        256,
+    )
+
+
+def test_radix_copies_a_partially_matching_block_and_computes_only_past_the_match():
+    """a's 2nd block holds 4..7; b shares 4, 5 of it, then differs. Block-level matching (lru) shares
+    block 0 and computes from token 4; radix also copies a's 2nd block (copy-on-write) and computes
+    from token 6. The hit statistics count the copied tokens as saved."""
+    from tests.test_block_manager import admit, free_computed
+
+    for m, computed in zip(_radix_manager(), (4, 6)):
+        a = make_group("a", range(10))
+        admit(m, a)
+        a_table = list(m.block_tables[a.seqs[0].seq_id])
+        free_computed(m, a.seqs[0])
+        b = make_group("b", [0, 1, 2, 3, 4, 5, 99, 98, 97])
+        plan, copies = admit(m, b)
+        seq = b.seqs[0]
+        assert seq.num_computed_tokens == computed and plan.num_new_tokens == 9 - computed
+        table = m.block_tables[seq.seq_id]
+        assert table[0] == a_table[0]
+        if computed == 6:
+            assert copies == [(a_table[1], table[1])] and a_table[1] != table[1]
+            # the source is held until the step ran, then parked again, still cached
+            assert m.gpu.ref_counts[a_table[1]] == 1 and m.copy_pins == [a_table[1]]
+            m.end_step()
+            assert m.gpu.ref_counts[a_table[1]] == 0 and m.prefix_cache.is_cached(a_table[1])
+            assert a_table[1] in m.prefix_cache.evictable
+        else:
+            assert copies == []
+        assert m.prefix_cache.num_hit_tokens == computed
+
+
+def test_radix_leaves_the_last_token_to_compute_even_on_a_whole_cached_block():
+    """b equals a's first 8 tokens: block-level matching shares block 0 only (block 1 holds b's last
+    token); radix copies 3 of block 1's tokens and computes just the last."""
+    from tests.test_block_manager import admit, free_computed
+
+    _, m = _radix_manager()
+    a = make_group("a", range(12))
+    admit(m, a)
+    free_computed(m, a.seqs[0])
+    b = make_group("b", range(8))
+    plan, copies = admit(m, b)
+    assert b.seqs[0].num_computed_tokens == 7 and plan.num_new_tokens == 1 and len(copies) == 1
+
+
+def test_radix_never_copies_a_block_whose_kv_is_not_written_yet():
+    """a and b are admitted in the same step: a's blocks are published at allocation but written
+    only by this step's forward pass, after the step's copies. b may share a's full block 0 (read in
+    the forward, after it is written) but must not copy a's block 1; once a's prompt ran, c may."""
+    from tests.test_block_manager import admit, finish_step
+
+    _, m = _radix_manager()
+    a = make_group("a", range(10))
+    admit(m, a)
+    b = make_group("b", [0, 1, 2, 3, 4, 5, 99, 98])
+    _, copies = admit(m, b)
+    assert copies == [] and b.seqs[0].num_computed_tokens == 4
+    finish_step(a)
+    c = make_group("c", [0, 1, 2, 3, 4, 5, 77, 76])
+    _, copies = admit(m, c)
+    assert len(copies) == 1 and c.seqs[0].num_computed_tokens == 6
+
+
+def test_a_parked_copy_source_counts_as_a_block_taken():
+    """On a full cache whose only free blocks are parked, the copy's source is taken out of the
+    evictable set for the step: the prompt needs one block more than its own new blocks, and its
+    copy's destination is never the source."""
+    from tests.test_block_manager import admit, free_computed
+
+    _, m = _radix_manager(num_gpu_blocks=3)
+    a = make_group("a", range(10), max_tokens=1)  # 3 blocks, all parked once freed
+    admit(m, a)
+    src = m.block_tables[a.seqs[0].seq_id][1]
+    free_computed(m, a.seqs[0])
+    b = make_group("b", [0, 1, 2, 3, 4, 5, 99], max_tokens=1)  # block 0 hit, block 1 copied
+    _, copies = admit(m, b)
+    assert copies and copies[0][0] == src and copies[0][1] != src
+    assert m.gpu.num_free == 0
+
+
+def test_the_real_engine_keeps_its_tokens_with_token_level_matches():
+    """On the model runner with radix matching: prompts that share a prefix ending inside a block
+    copy the cached block and compute the rest; every greedy token equals transformers', and so does
+    its logprob (a tiny random model's greedy tokens barely depend on the context: the logprobs show
+    a missing copy)."""
+    import torch
+
+    from paged import Engine, SamplingParams, Scheduler, SchedulerConfig, SequenceGroup
+    from paged.model_runner import ModelRunner
+    from paged.real_executor import RealExecutor
+    from tests.test_model_runner import tiny
+
+    model = tiny("opt")
+    base = [(5 * j) % 90 + 3 for j in range(22)]
+    prompts = [base[:22], base[:14] + [40, 41, 42, 43, 44], base[:9] + [60, 61], base[:16]]
+    cache = CacheConfig(
+        num_gpu_blocks=24,
+        block_size=4,
+        num_cpu_blocks=8,
+        watermark=0.0,
+        enable_prefix_caching=True,
+        prefix_eviction="radix",
+    )
+    memory = BlockManager(cache, 128)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=128, max_model_len=128), memory)
+    engine = Engine(sched, RealExecutor(ModelRunner(model, 24, 4, 8)))
+    params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True, logprobs=0)
+    never = model.config.vocab_size + 1
+    for i, p in enumerate(prompts):
+        g = SequenceGroup(str(i), p, params, arrival_time=float(i))
+        engine.run([g])
+        ref = model.generate(
+            torch.tensor([p]), max_new_tokens=5, do_sample=False, eos_token_id=never, pad_token_id=0,
+            output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        seq = g.seqs[0]
+        assert seq.output_token_ids == ref.sequences[0, len(p) :].tolist()
+        logprobs = [float(torch.log_softmax(x[0].float(), -1)[t]) for x, t in zip(ref.logits, seq.output_token_ids)]
+        assert seq.cumulative_logprob == pytest.approx(sum(logprobs), abs=1e-5)
+    # Block hits of 12, 8 and 12 tokens, plus partial copies of 2, 1 and 3 tokens.
+    assert memory.prefix_cache.num_hit_tokens == 14 + 9 + 15
 
 
 def test_an_unknown_eviction_policy_names_the_choices():
