@@ -361,10 +361,8 @@ class BlockManager:
                 parent = ROOT_HASH
                 for i, h in enumerate(hashes):
                     block = block_table[i]
-                    if (
-                        self.prefix_cache.insert(block, h, tuple(seq.token_ids[i * bs : (i + 1) * bs]), parent)
-                        and self.partial_match
-                    ):
+                    block_tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+                    if self.prefix_cache.insert(block, h, block_tokens, parent) and self.partial_match:
                         self._writers[block] = (seq, (i + 1) * bs)
                     parent = h
         if self.prefix_cache is not None and group.prefix is None:

@@ -217,8 +217,9 @@ def test_the_real_engine_keeps_its_tokens_with_token_level_matches():
         )  # fmt: skip
         seq = g.seqs[0]
         assert seq.output_token_ids == ref.sequences[0, len(p) :].tolist()
-        logprobs = [float(torch.log_softmax(x[0].float(), -1)[t]) for x, t in zip(ref.logits, seq.output_token_ids)]
-        assert seq.cumulative_logprob == pytest.approx(sum(logprobs), abs=1e-5)
+        steps = zip(ref.logits, seq.output_token_ids)
+        logprob = sum(float(torch.log_softmax(x[0].float(), -1)[t]) for x, t in steps)
+        assert seq.cumulative_logprob == pytest.approx(logprob, abs=1e-5)
     # Block hits of 12, 8 and 12 tokens, plus partial copies of 2, 1 and 3 tokens.
     assert memory.prefix_cache.num_hit_tokens == 14 + 9 + 15
 
