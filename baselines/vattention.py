@@ -11,16 +11,26 @@ kernel's per-block overhead (harness/sim/cost_model.py, `contiguous`). Decisions
 
 - parallel samples and beams share pages as paging shares blocks (optimistic for vAttention, whose
   virtual tensors would copy them); the prefix cache and explicit shared prefixes are not offered;
-- mapping a page costs nothing in the step: vAttention maps pages in the background, ahead of the
-  decode that needs them (its latency-hiding optimizations); no public per-page measurement is in the
-  reference data to price a synchronous mapping with.
+- page mapping is priced by slots, vAttention's reqIds: each request runs in a slot whose virtual
+  tensors keep their mapped pages after the request leaves (deferred reclamation), and a new request
+  takes the idle slot with the most mapped pages. A request maps a page per tensor only when its
+  table grows past its slot's mapped pages. When the mapped pages of all slots would exceed the
+  physical pool, pages are unmapped, first from idle slots (fewest pages first), then from running
+  slots' tails past their tables. `take_page_ops` hands the step's (maps, unmaps) to the simulated
+  executor, which prices them (`CostModel.page_map_ms`: the hardware preset's `page_map_us`,
+  `page_unmap_us`), hidden behind the step's compute or not (`system.page_map_overlap`). Sequences
+  of one group each have a slot, as vAttention's per-request tensors do, so a fork maps its copy;
+- with mapping priced, decode steps are stepped one by one (no fast-forward): each step's count is
+  its own.
 """
 
 from __future__ import annotations
 
 from paged.block_manager import BlockManager
 from paged.config import CacheConfig
+from paged.memory import AllocPlan, AllocStatus
 from paged.presets import ModelSpec
+from paged.sequence import Sequence, SequenceGroup, SequenceStatus
 
 # System name -> page size in KiB (the two sizes the issue and vAttention's evaluation compare).
 PAGE_KIB = {"vattention": 64, "vattention_2m": 2048}
@@ -50,3 +60,111 @@ class VAttention(BlockManager):
                 "enable_prefix_caching=false"
             )
         super().__init__(cache_config, max_model_len)
+        # Set when the simulator prices mapping (harness/simulate.py): decode steps are then stepped.
+        self.count_maps = False
+        self.slot_pages: dict[int, int] = {}  # running sequence -> pages mapped in its slot (per tensor)
+        self.idle_slots: list[int] = []  # pages still mapped in each idle slot
+        self.num_mapped = 0  # pages mapped in every slot, per tensor: at most num_gpu_blocks
+        self.num_maps = self.num_unmaps = 0  # since the last take_page_ops
+
+    def _grow(self, seq: Sequence) -> None:
+        """Map what the sequence's table holds beyond its slot's mapped pages (a new sequence first
+        takes the idle slot with the most pages, or a fresh one)."""
+        need = len(self.block_tables[seq.seq_id])
+        mapped = self.slot_pages.get(seq.seq_id)
+        if mapped is None:
+            idle = self.idle_slots
+            mapped = idle.pop(max(range(len(idle)), key=idle.__getitem__)) if idle else 0
+        if need > mapped:
+            self._reclaim(self.num_mapped + need - mapped - self.num_gpu_blocks)
+            self.num_maps += need - mapped
+            self.num_mapped += need - mapped
+            mapped = need
+        self.slot_pages[seq.seq_id] = mapped
+
+    def _reclaim(self, excess: int) -> None:
+        """Unmap `excess` pages that no table uses: idle slots' first, the smallest slot first, then
+        running slots' pages past their tables."""
+        idle = self.idle_slots
+        idle.sort(reverse=True)
+        while excess > 0 and idle:
+            take = min(excess, idle[-1])
+            idle[-1] -= take
+            if not idle[-1]:
+                idle.pop()
+            excess -= take
+            self.num_unmaps += take
+            self.num_mapped -= take
+        if excess > 0:
+            for seq_id, mapped in self.slot_pages.items():
+                spare = mapped - len(self.block_tables.get(seq_id, ()))
+                take = min(excess, spare)
+                if take > 0:
+                    self.slot_pages[seq_id] = mapped - take
+                    excess -= take
+                    self.num_unmaps += take
+                    self.num_mapped -= take
+                if excess <= 0:
+                    break
+
+    def _release(self, seq: Sequence) -> None:
+        """The sequence leaves the device (finished, aborted, swapped out or recomputed): its slot goes
+        idle with its pages still mapped."""
+        mapped = self.slot_pages.pop(seq.seq_id, None)
+        if mapped:
+            self.idle_slots.append(mapped)
+
+    def take_page_ops(self) -> tuple[int, int]:
+        """(pages mapped, pages unmapped) per tensor since the last call."""
+        ops = self.num_maps, self.num_unmaps
+        self.num_maps = self.num_unmaps = 0
+        return ops
+
+    def allocate(self, group: SequenceGroup, plan: AllocPlan) -> list[tuple[int, int]]:
+        copies = super().allocate(group, plan)
+        for seq in group.get_seqs(SequenceStatus.WAITING):
+            self._grow(seq)
+        return copies
+
+    def append_slot(self, seq: Sequence) -> tuple[int, int] | None:
+        copy = super().append_slot(seq)
+        if len(self.block_tables[seq.seq_id]) > self.slot_pages[seq.seq_id]:
+            self._grow(seq)
+        return copy
+
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        copies = super().fork(parent, child)
+        self._grow(child)
+        return copies
+
+    def free(self, seq: Sequence) -> None:
+        if seq.seq_id not in self.swapped_seq_ids:
+            self._release(seq)
+        super().free(seq)
+
+    def swap_out(self, group: SequenceGroup) -> dict[int, int]:
+        for seq in group.get_seqs(SequenceStatus.RUNNING):
+            self._release(seq)
+        return super().swap_out(group)
+
+    def swap_in(self, group: SequenceGroup) -> dict[int, int]:
+        seqs = group.get_seqs(SequenceStatus.SWAPPED)
+        mapping = super().swap_in(group)
+        for seq in seqs:
+            self._grow(seq)
+        return mapping
+
+    def can_allocate(self, group: SequenceGroup) -> AllocPlan:
+        if group.prefix is not None:
+            return AllocPlan(
+                AllocStatus.NEVER,
+                reason=(
+                    "vattention does not share an explicit prefix between requests (its KV lives in "
+                    "per-request virtual tensors): send the full prompt, or use a paged system"
+                ),
+            )
+        return super().can_allocate(group)
+
+    def decode_run(self, seqs, base):
+        # A fast-forwarded run would allocate pages between the executor's calls, uncounted.
+        return None if self.count_maps else super().decode_run(seqs, base)

@@ -36,6 +36,7 @@ SWEEPABLE = {
     "scheduling_policy": "system.scheduling_policy",
     "prefix_eviction": "system.prefix_eviction",
     "host_cache_gib": "system.host_cache_gib",
+    "page_map_overlap": "system.page_map_overlap",
 }
 
 

@@ -75,6 +75,10 @@ class ServerConfig:
     # The simulator sizes the cache and prices KV reads and swaps by it; quantization's own cost and
     # accuracy are not modelled (docs/simulator.md). The real engine stores the model's dtype.
     kv_cache_dtype: str = "auto"
+    # vAttention's page mapping (baselines/vattention.py; cost per page: the hardware preset's
+    # page_map_us): true, mapped by a background thread while the step computes (vAttention's latency
+    # hiding), so a step lasts the longer of the two; false, mapped before the step, adding to it.
+    page_map_overlap: bool = True
     # FasterTransformer's batch size per "<model preset name>/<dataset>" (the artifact set them by hand
     # per model and dataset); used where ft_batch_size is null and the key matches.
     ft_batch_sizes: dict[str, int] = field(default_factory=dict)

@@ -133,6 +133,11 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch
     )
     scheduler = Scheduler(sched_cfg, memory)
+    if contiguous and cfg.backend != "real" and gpu.page_map_us:
+        # vAttention's page mapping, priced per step (baselines/vattention.py)
+        memory.count_maps = True
+        executor.page_ops = memory.take_page_ops
+        executor.overlap_mapping = s.page_map_overlap
     if sched_cfg.preemption_mode == "cost":
         scheduler.preemption_costs = (
             ModelledPreemptionCosts(cost, cfg.time_scale)

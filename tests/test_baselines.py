@@ -319,3 +319,66 @@ def test_vattention_is_a_simulator_baseline_without_a_prefix_cache():
 
     with pytest.raises(ValueError, match="backend=sim"):
         build(SimConfig(system="vattention", backend="real", model="opt-125m"))
+
+
+def test_vattention_prices_each_mapped_page_hidden_behind_compute_or_not():
+    """Every device block vAttention allocates maps a page per layer and K or V tensor, at the
+    hardware preset's page_map_us (the public A100 figure): overlapped with the step's compute the
+    step lasts the longer of the two, synchronous the sum. Stepped (no fast-forward), and with
+    mapping free the run equals the unpriced one."""
+    from dataclasses import replace
+
+    from harness.server import ServerConfig
+    from harness.sim.hardware import load_hardware
+
+    gpu = load_hardware("a100_40gb")
+    assert gpu.page_map_us == pytest.approx(37.44)
+    w = synthetic("sharegpt_synthetic", rate=2.0, duration_s=20, seed=1)
+    durations = {}
+    for name, overlap, hardware in (
+        ("free", True, replace(gpu, page_map_us=0.0)),
+        ("overlap", True, gpu),
+        ("sync", False, gpu),
+    ):
+        cfg = SimConfig(system="vattention", hardware=hardware, server=ServerConfig(page_map_overlap=overlap))
+        r = simulate(w, cfg)
+        memory, executor = r.engine.scheduler.memory, r.engine.executor
+        assert memory.count_maps == (name != "free")
+        if memory.count_maps:
+            assert memory.take_page_ops() == (0, 0)  # every step took its count
+        durations[name] = sum(s.duration_s for s in r.engine.records())
+    assert durations["free"] <= durations["overlap"] < durations["sync"]
+    # A price by hand: 10 pages mapped and 3 unmapped in each of OPT-13B's 40 layers' K and V.
+    cm = executor.cost_model
+    assert cm.page_map_ms(10, 3) == pytest.approx(2 * 40 * (10 * 37.44 + 3 * 25.63) / 1e3)
+
+
+def test_vattention_maps_pages_by_slot_with_deferred_reclamation():
+    """A request maps its slot's pages as its table grows; a finished request's slot keeps its pages
+    and the next request takes the idle slot with the most, mapping only past them; when the slots'
+    pages would exceed the pool, idle slots' pages are unmapped first. Explicit shared prefixes are
+    rejected with the reason."""
+    from baselines.vattention import VAttention
+    from paged import CacheConfig, SharedPrefix
+    from paged.memory import AllocStatus
+    from tests.conftest import make_group
+    from tests.test_block_manager import admit, finish_step, free_computed
+
+    m = VAttention(CacheConfig(num_gpu_blocks=8, block_size=4, num_cpu_blocks=8, watermark=0.0), 256)
+    a = make_group("a", range(12), max_tokens=2)  # 3 pages
+    admit(m, a)
+    assert m.take_page_ops() == (3, 0)
+    finish_step(a)  # its 13th token needs a 4th page
+    m.append_slot(a.seqs[0])
+    assert m.take_page_ops() == (1, 0)
+    b = make_group("b", range(5))  # 2 pages
+    admit(m, b)
+    free_computed(m, a.seqs[0])
+    free_computed(m, b.seqs[0])
+    assert m.take_page_ops() == (2, 0) and sorted(m.idle_slots) == [2, 4] and m.num_mapped == 6
+    c = make_group("c", range(30), max_tokens=1)  # 8 pages: a's slot (4) plus 4, 2 over the pool
+    admit(m, c)
+    assert m.take_page_ops() == (4, 2) and m.idle_slots == [] and m.num_mapped == 8
+    prefix = SharedPrefix("p", list(range(4)))
+    plan = m.can_allocate(make_group("e", range(8), prefix=prefix))
+    assert plan.status is AllocStatus.NEVER and "prefix" in plan.reason

@@ -304,6 +304,12 @@ class CostModel:
         copies = 2 * self.model.num_hidden_layers * num_blocks
         return copies * (self.per_copy_ms + self._block_kv_bytes_per_layer / self.pcie_bytes_per_ms)
 
+    def page_map_ms(self, maps: int, unmaps: int = 0) -> float:
+        """vAttention's page operations (baselines/vattention.py), counted per tensor: each is done in
+        every layer's K and V tensor; each GPU maps its own shards, in parallel."""
+        per_page_us = maps * self.gpu.page_map_us + unmaps * self.gpu.page_unmap_us
+        return 2 * self.model.num_hidden_layers * per_page_us / 1e3
+
     def copy_ms(self, num_blocks: int) -> float:
         """Copy-on-write on the GPU: one fused kernel for all layers (vLLM's copy_blocks); it reads
         and writes each block's K and V."""

@@ -34,10 +34,17 @@ class SimulatedExecutor(NullExecutor):
         super().__init__(step_time_s=0.0, seed=seed, beam_model=beam_model)
         self.cost_model = cost_model
         self.time_scale = time_scale  # every step's predicted time multiplied by this
+        # vAttention (baselines/vattention.py): the memory policy's (pages mapped, pages unmapped) since
+        # the last call, and whether mapping overlaps the step's compute; None: nothing to map.
+        self.page_ops = None
+        self.overlap_mapping = True
 
-    def step_ms(self, out: SchedulerOutput, decode: tuple[int, int] | None = None) -> float:
+    def step_ms(
+        self, out: SchedulerOutput, decode: tuple[int, int] | None = None, page_ops: tuple[int, int] = (0, 0)
+    ) -> float:
         """The step's predicted milliseconds. decode: (sequences, context tokens) of decodes the step
-        runs besides out.scheduled_groups (a mixed step whose decodes the fast-forward advanced)."""
+        runs besides out.scheduled_groups (a mixed step whose decodes the fast-forward advanced).
+        page_ops: the vAttention pages the step maps and unmaps (`page_ops`)."""
         cm = self.cost_model
         if out.padded_batch is not None:
             ms = padded_ms(cm, out)
@@ -58,6 +65,9 @@ class SimulatedExecutor(NullExecutor):
             ms += cm.swap_ms(moved)
         if out.blocks_to_copy:
             ms += cm.copy_ms(len(out.blocks_to_copy))
+        if page_ops != (0, 0):
+            map_ms = cm.page_map_ms(*page_ops)
+            ms = max(ms, map_ms) if self.overlap_mapping else ms + map_ms
         return ms
 
     def run_durations(
@@ -81,7 +91,8 @@ class SimulatedExecutor(NullExecutor):
         return ms * self.time_scale / 1e3
 
     def execute(self, out: SchedulerOutput, decode: tuple[int, int] | None = None) -> ExecutorResult:
-        duration = self.step_ms(out, decode) * self.time_scale / 1e3
+        ops = self.page_ops() if self.page_ops is not None else (0, 0)
+        duration = self.step_ms(out, decode, ops) * self.time_scale / 1e3
         result = super().execute(out)
         result.duration_s = duration
         return result

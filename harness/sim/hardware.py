@@ -28,6 +28,10 @@ class GPUSpec:
     nvlink_gbps: float  # all links, both directions
     pcie_gbps: float  # host link, one direction
     calibration: str  # which operator calibration applies (harness/data/calibration.json)
+    # Mapping one physical page into a virtual KV tensor (CUDA VMM: cuMemMap + cuMemSetAccess), in
+    # microseconds per page; vAttention pays it as requests grow (baselines/vattention.py). 0: free.
+    page_map_us: float = 0.0
+    page_unmap_us: float = 0.0  # cuMemUnmap, per page
     # A calibration JSON of the same schema measured for this machine (harness/calib/profile.py),
     # relative to the preset's YAML; empty: the built-in harness/data/calibration.json.
     calibration_file: str = ""
