@@ -37,6 +37,7 @@ SWEEPABLE = {
     "prefix_eviction": "system.prefix_eviction",
     "host_cache_gib": "system.host_cache_gib",
     "page_map_overlap": "system.page_map_overlap",
+    "host_offload_overlap": "system.host_offload_overlap",
 }
 
 

@@ -56,6 +56,10 @@ class ServerConfig:
     # Host memory per GPU that keeps blocks the prefix cache evicts, brought back at swap cost on a hit
     # (paged/host_tier.py; LMCache, Mooncake); 0: none. Needs enable_prefix_caching.
     host_cache_gib: float = 0.0
+    # Whether the simulator overlaps the tier's offloads with the step's compute, as LMCache's
+    # asynchronous stores do: a step then lasts the longer of its compute and its offloads. False: they
+    # add to the step, as the real engine's synchronous copies do (docs/simulator.md).
+    host_offload_overlap: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     # FasterTransformer's batches as the paper's artifact formed them (docs/baselines.md): a request
     # joins the forming batch only while the batch's longest prompt + longest output stays within

@@ -133,6 +133,8 @@ def build(cfg: SimConfig) -> tuple[Engine, KVCapacity, CostModel]:
         cfg.system, cache_cfg, sched_cfg, s.ft_batch_size, s.ft_max_total_len, s.ft_pad_batch
     )
     scheduler = Scheduler(sched_cfg, memory)
+    if cfg.backend != "real":
+        executor.overlap_offloads = s.host_offload_overlap
     if contiguous and cfg.backend != "real" and gpu.page_map_us:
         # vAttention's page mapping, priced per step (baselines/vattention.py)
         memory.count_maps = True

@@ -130,6 +130,7 @@ class Scheduler:
         if getattr(self.memory, "host_tier", None) is not None:  # paged/host_tier.py
             offloads, restores = self.memory.take_host_transfers()
             out.blocks_to_swap_out.extend(offloads)
+            out.num_host_offloads = len(offloads)
             out.blocks_to_swap_in.extend(restores)
         if self.emit_block_tables:
             self._add_block_tables(out)

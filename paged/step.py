@@ -42,6 +42,9 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
+    # The last num_host_offloads pairs of blocks_to_swap_out are the prefix cache's host-tier offloads
+    # (paged/host_tier.py), which a cost model may overlap with the step's compute.
+    num_host_offloads: int = 0
     preempted: list[SequenceGroup] = field(default_factory=list)
     rejected: list[SequenceGroup] = field(default_factory=list)
     # Chunked prefill: prompt groups whose range ends before their prompt does. They sample nothing

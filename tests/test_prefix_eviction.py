@@ -365,3 +365,35 @@ def test_cache_aware_admission_takes_the_longest_cached_prefix_first():
         sched.add(make_group("hit", range(40), max_tokens=1, arrival=2.0))
         out = sched.schedule(2.0)
         assert [g.request_id for g in out.scheduled_groups] == [first], caching
+
+
+def test_overlapped_host_offloads_run_beside_the_step_and_preemption_swaps_do_not():
+    """system.host_offload_overlap: the tier's offloads (the last num_host_offloads swap-outs) run
+    beside the step's compute (LMCache) instead of adding to it; a preemption's swap-outs still add.
+    The option reaches the simulated executor, and a run with it is faster."""
+    from harness.prefix_workloads import multi_turn
+    from harness.server import ServerConfig
+    from harness.sim.cost_model import CostModel
+    from harness.sim.executor import SimulatedExecutor
+    from harness.sim.hardware import load_hardware
+    from harness.simulate import SimConfig, simulate
+    from paged import SchedulerOutput
+    from paged.presets import load_model
+
+    cm = CostModel(load_model("opt-13b"), load_hardware("a100_40gb"))
+    ex = SimulatedExecutor(cm)
+    out = SchedulerOutput(blocks_to_swap_out=[(i, 100 + i) for i in range(50)], num_host_offloads=40)
+    compute = SimulatedExecutor(cm).step_ms(SchedulerOutput())
+    assert ex.step_ms(out) == pytest.approx(compute + cm.swap_ms(50))
+    ex.overlap_offloads = True
+    assert ex.step_ms(out) == pytest.approx(max(compute + cm.swap_ms(10), cm.swap_ms(40)))
+
+    w = multi_turn(rate=2.0, duration_s=300, seed=0)
+    clocks = {}
+    for overlap in (False, True):
+        server = ServerConfig(enable_prefix_caching=True, host_cache_gib=4, host_offload_overlap=overlap)
+        r = simulate(w, SimConfig(server=server))
+        assert r.engine.executor.overlap_offloads is overlap
+        assert r.engine.scheduler.memory.host_tier.num_offloads > 0
+        clocks[overlap] = sum(s.duration_s for s in r.engine.records())
+    assert clocks[True] < clocks[False]

@@ -38,6 +38,9 @@ class SimulatedExecutor(NullExecutor):
         # the last call, and whether mapping overlaps the step's compute; None: nothing to map.
         self.page_ops = None
         self.overlap_mapping = True
+        # Whether the host tier's offloads (paged/host_tier.py) overlap the step's compute
+        # (system.host_offload_overlap); false: they add to it, as the real engine's copies do.
+        self.overlap_offloads = False
 
     def step_ms(
         self, out: SchedulerOutput, decode: tuple[int, int] | None = None, page_ops: tuple[int, int] = (0, 0)
@@ -60,7 +63,8 @@ class SimulatedExecutor(NullExecutor):
         else:
             num_seqs, context = decode or _decode_shape(out.scheduled_groups)
             ms = cm.decode_ms(num_seqs, context) if num_seqs else 0.0
-        moved = len(out.blocks_to_swap_out) + len(out.blocks_to_swap_in)
+        offloads = out.num_host_offloads if self.overlap_offloads else 0
+        moved = len(out.blocks_to_swap_out) - offloads + len(out.blocks_to_swap_in)
         if moved:
             ms += cm.swap_ms(moved)
         if out.blocks_to_copy:
@@ -68,6 +72,8 @@ class SimulatedExecutor(NullExecutor):
         if page_ops != (0, 0):
             map_ms = cm.page_map_ms(*page_ops)
             ms = max(ms, map_ms) if self.overlap_mapping else ms + map_ms
+        if offloads:  # copied on their own stream while the step computes (LMCache)
+            ms = max(ms, cm.swap_ms(offloads))
         return ms
 
     def run_durations(
