@@ -87,19 +87,22 @@ def test_admissions_count_queried_and_hit_blocks():
 
 
 # ---------------------------------------------------------------- token-level matching (radix)
-def _radix_manager(num_gpu_blocks=16):
-    m = make_manager(num_gpu_blocks=num_gpu_blocks, block_size=4, caching=True)
-    return m, BlockManager(
-        CacheConfig(
-            num_gpu_blocks=num_gpu_blocks,
-            block_size=4,
-            num_cpu_blocks=16,
-            watermark=0.0,
-            enable_prefix_caching=True,
-            prefix_eviction="radix",
-        ),
-        256,
+def cached(num_gpu_blocks, block_size, num_cpu_blocks, **kwargs) -> CacheConfig:
+    """A cache config with prefix caching and no watermark (kwargs: eviction policy, host tier)."""
+    return CacheConfig(
+        num_gpu_blocks=num_gpu_blocks,
+        block_size=block_size,
+        num_cpu_blocks=num_cpu_blocks,
+        watermark=0.0,
+        enable_prefix_caching=True,
+        **kwargs,
     )
+
+
+def _radix_manager(num_gpu_blocks=16):
+    """(lru, radix) managers of the same shape."""
+    m = make_manager(num_gpu_blocks=num_gpu_blocks, block_size=4, caching=True)
+    return m, BlockManager(cached(num_gpu_blocks, 4, 16, prefix_eviction="radix"), 256)
 
 
 def test_radix_copies_a_partially_matching_block_and_computes_only_past_the_match():
@@ -195,15 +198,7 @@ def test_the_real_engine_keeps_its_tokens_with_token_level_matches():
     model = tiny("opt")
     base = [(5 * j) % 90 + 3 for j in range(22)]
     prompts = [base[:22], base[:14] + [40, 41, 42, 43, 44], base[:9] + [60, 61], base[:16]]
-    cache = CacheConfig(
-        num_gpu_blocks=24,
-        block_size=4,
-        num_cpu_blocks=8,
-        watermark=0.0,
-        enable_prefix_caching=True,
-        prefix_eviction="radix",
-    )
-    memory = BlockManager(cache, 128)
+    memory = BlockManager(cached(24, 4, 8, prefix_eviction="radix"), 128)
     sched = Scheduler(SchedulerConfig(max_num_batched_tokens=128, max_model_len=128), memory)
     engine = Engine(sched, RealExecutor(ModelRunner(model, 24, 4, 8)))
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True, logprobs=0)
@@ -234,19 +229,11 @@ def test_an_evicted_block_comes_back_from_the_host_tier():
     """Three prompts on a 6-block cache: a's blocks are evicted by b's and offloaded; c repeats a's
     prompt and gets them back by swap-in (host -> device) instead of computing them, reading back
     exactly a's KV (the shadow store)."""
-    from paged import BlockManager, CacheConfig, Scheduler, SchedulerConfig
+    from paged import BlockManager, Scheduler, SchedulerConfig
     from tests.shadow import ShadowExecutor, check_contents, check_invariants, check_parked_blocks
 
     def serve(host_blocks):
-        cache = CacheConfig(
-            num_gpu_blocks=6,
-            block_size=2,
-            num_cpu_blocks=4,
-            watermark=0.0,
-            enable_prefix_caching=True,
-            num_host_cache_blocks=host_blocks,
-        )
-        m = BlockManager(cache, 64)
+        m = BlockManager(cached(6, 2, 4, num_host_cache_blocks=host_blocks), 64)
         sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=64), m)
         ex = ShadowExecutor(m)
         t, swapped_in = 0.0, 0
@@ -313,7 +300,6 @@ def test_the_real_engine_restores_evicted_blocks_and_keeps_its_tokens():
     device cache), and every greedy token equals transformers'."""
     from paged import (
         BlockManager,
-        CacheConfig,
         Engine,
         SamplingParams,
         Scheduler,
@@ -327,15 +313,7 @@ def test_the_real_engine_restores_evicted_blocks_and_keeps_its_tokens():
     model = tiny("llama")
     prompts = [[(7 * i + j) % 100 + 1 for j in range(17)] for i in range(4)]
     num_gpu, num_cpu, num_host = 12, 8, 32
-    cache = CacheConfig(
-        num_gpu_blocks=num_gpu,
-        block_size=4,
-        num_cpu_blocks=num_cpu,
-        watermark=0.0,
-        enable_prefix_caching=True,
-        num_host_cache_blocks=num_host,
-    )
-    memory = BlockManager(cache, 128)
+    memory = BlockManager(cached(num_gpu, 4, num_cpu, num_host_cache_blocks=num_host), 128)
     sched = Scheduler(SchedulerConfig(max_num_batched_tokens=128, max_model_len=128), memory)
     engine = Engine(sched, RealExecutor(ModelRunner(model, num_gpu, 4, num_cpu + num_host)))
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
