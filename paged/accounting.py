@@ -95,11 +95,11 @@ class PagedKV(Protocol):
 def paged_usage(manager: PagedKV, running: list[SequenceGroup]) -> MemoryUsage:
     """The device KV space of a paged block manager in Figure 2's classes, in O(running sequences).
 
-    Every block of a table but the last is full, so only last blocks have empty slots; but for a
-    prompt in progress (chunked prefill), whose blocks past its computed tokens are empty and
-    reservation: its next chunks fill them. An empty slot
-    is reservation if the sequence will still fill it (prompt + max_tokens, the trace's true output
-    length when EOS is ignored), internal fragmentation otherwise. A shared prefix's partial last
+    Every block of a table but the last is full, so only last blocks have empty slots. A prompt in
+    progress (chunked prefill) is the exception: its blocks past its computed tokens are empty, and
+    they are reservation, since its next chunks fill them. Otherwise an empty slot is reservation if
+    the sequence will still fill it (prompt + max_tokens, the trace's true output length when EOS is
+    ignored), internal fragmentation otherwise. A shared prefix's partial last
     block that no sequence holds counts its tail as token states and the rest as internal
     fragmentation. Paging leaves no external fragmentation: any free block serves any request
     (section 4.2).

@@ -17,7 +17,6 @@ class HostTier:
     """hash -> (host block, tokens), least recently used first, over `num_blocks` host blocks."""
 
     def __init__(self, num_blocks: int, first_block: int) -> None:
-        self.num_blocks = num_blocks
         self.entries: OrderedDict[int, tuple[int, tuple[int, ...]]] = OrderedDict()
         self.free: list[int] = list(range(first_block + num_blocks - 1, first_block - 1, -1))
         # Host blocks a restore reads, or an offload writes, in the step being scheduled: neither may

@@ -1,15 +1,18 @@
-"""Iteration-level FCFS scheduling with all-or-nothing preemption (paper section 4.5, vLLM v0.1).
+"""Iteration-level scheduling with all-or-nothing preemption (paper section 4.5, vLLM v0.1).
 
 One scheduler for every system: the paged BlockManager and the contiguous baselines are memory
 policies behind `KVCacheManager`; the real model and the cost model are executors behind the engine.
+A scheduling policy (paged/policy.py) orders the queues: "first" and "last" below are in its order,
+which under the paper's FCFS (the default) is arrival order.
 
 `step_composition="separate"` (the vLLM v0.1 release): a step is a prompt step or a decode step.
-1. If no group is swapped out, admit waiting groups in arrival order while each fits: memory above the
-   watermark, max_num_batched_tokens, max_num_seqs. The first that does not fit stops admission
-   (head-of-line: FCFS does not skip ahead). If any group was admitted, the step is their prompt phase.
-2. Otherwise decode every running group, earliest arrival first. A group that cannot get a slot for
-   each of its sequences preempts the latest-arrived running group, or itself if it is the last one.
-3. If nothing was preempted, swap groups back in, earliest arrival first, while they fit.
+1. If no group is swapped out, admit waiting groups from the head of the queue while each fits: memory
+   above the watermark, max_num_batched_tokens, max_num_seqs. The first that does not fit stops
+   admission (head-of-line: nothing skips ahead). If any group was admitted, the step is their prompt
+   phase.
+2. Otherwise decode every running group, first to last. A group that cannot get a slot for each of its
+   sequences preempts the last running group, or itself if it is the last one.
+3. If nothing was preempted, swap groups back in, first to last, while they fit.
 
 `step_composition="mixed"` (the paper's artifact, whose runs made the paper's figures): every step
 runs 2 then 3 (swap-in only if the step swapped nothing out), then 1 into the same batch, the token
@@ -41,7 +44,8 @@ def _arrival(group: SequenceGroup) -> float:
 
 
 class Scheduler:
-    """FCFS over three queues: waiting (new and recompute-preempted), running, swapped."""
+    """Three queues in the policy's order (paged/policy.py): waiting (new and recompute-preempted),
+    running, swapped."""
 
     def __init__(self, config: SchedulerConfig, memory: KVCacheManager) -> None:
         self.config = config
@@ -186,7 +190,7 @@ class Scheduler:
 
     def _schedule_chunked(self, out: SchedulerOutput, now: float) -> None:
         """A chunked-prefill step (Sarathi-Serve's stall-free batching): every decode, swap-in as in
-        a mixed step, then the prompts in progress in arrival order, then new prompts, each prompt
+        a mixed step, then the prompts in progress in the policy's order, then new prompts, each prompt
         cut to the token budget left. Decoding groups come first in out.scheduled_groups, the
         prompt groups (in progress and new) last, as in a mixed step."""
         self._decode(out, now)  # skips the groups still in their prompt
@@ -205,7 +209,7 @@ class Scheduler:
                 num_tokens += group.max_num_running_seqs
         num_seqs = num_tokens
         continued = []
-        for group in prompts:  # arrival order: the earliest prompt finishes first
+        for group in prompts:  # the policy's order: the first prompt finishes first
             left = budget - num_tokens
             if left <= 0:
                 break
@@ -273,7 +277,7 @@ class Scheduler:
 
     def _reject_unswappable(self, out: SchedulerOutput, now: float) -> None:
         if not self.running and self.swapped:
-            # The cache is idle and the earliest swapped group still cannot come back: memory
+            # The cache is idle and the first swapped group still cannot come back: memory
             # pinned since its admission (a shared prefix) leaves too little. Nothing will free
             # it, and nothing can be admitted while it is swapped out.
             group = self.swapped.pop(0)
@@ -330,11 +334,11 @@ class Scheduler:
         return num_seqs
 
     def _head_verdict(self, group: SequenceGroup, num_tokens: int, num_seqs: int, idle: bool):
-        """Admission's rules for the group at the head of the waiting queue (FCFS: nothing is admitted
-        past it): ("reject", reason), ("wait", None) or ("admit", its AllocPlan). num_tokens: tokens
-        the step computes already (a mixed step's decodes, prompts admitted before it); num_seqs:
-        sequences the batch runs already; idle: nothing runs or was admitted in this step, so memory
-        that does not suffice now never will."""
+        """Admission's rules for the group at the head of the waiting queue (under every policy,
+        nothing is admitted past it): ("reject", reason), ("wait", None) or ("admit", its AllocPlan).
+        num_tokens: tokens the step computes already (a mixed step's decodes, prompts admitted before
+        it); num_seqs: sequences the batch runs already; idle: nothing runs or was admitted in this
+        step, so memory that does not suffice now never will."""
         cfg = self.config
         reason = self._static_reject_reason(group)
         if reason is not None:
@@ -363,12 +367,13 @@ class Scheduler:
         return "admit", plan
 
     def _swap_in_blocked(self, group: SequenceGroup, num_seqs: int) -> bool:
-        """Whether the earliest swapped-out group cannot come back in this step."""
+        """Whether the first swapped-out group (in the policy's order) cannot come back in this step."""
         n = group.max_num_running_seqs
         return not self.memory.can_swap_in(group) or num_seqs + n > self.config.max_num_seqs
 
     def _admit(self, out: SchedulerOutput, now: float, num_tokens: int = 0) -> None:
-        """Admit waiting groups in arrival order into `out.scheduled_groups` while they fit.
+        """Admit waiting groups from the head of the queue (the policy's order) into
+        `out.scheduled_groups` while they fit.
 
         num_tokens: tokens the step already computes (a mixed step's decodes, one per sequence).
         Sets out.num_batched_tokens (num_tokens plus the admitted prompt tokens) and out.num_seqs
@@ -430,6 +435,10 @@ class Scheduler:
         out.num_seqs = num_admitted
 
     def _decode(self, out: SchedulerOutput, now: float) -> None:
+        """Make room for each running sequence's next token, group by group in the policy's order. A
+        group that cannot get its slots preempts the last running group (the latest arrival under
+        FCFS), or itself if it is the last one. A prompt in progress (chunked prefill) needs no slot:
+        its prompt's blocks are all allocated."""
         self._sort_running()
         memory = self.memory
         can_append_slots = memory.can_append_slots
@@ -446,7 +455,7 @@ class Scheduler:
                 continue
             while not can_append_slots(group):
                 if queue:
-                    self._preempt(queue.pop(), out, now)  # the latest arrival
+                    self._preempt(queue.pop(), out, now)  # the policy's last running group
                 else:
                     self._preempt(group, out, now)
                     break
@@ -542,9 +551,13 @@ class Scheduler:
                 break
             self.swapped.pop(0)
             out.blocks_to_swap_in.extend(memory.swap_in(group).items())
+            # A prompt swapped out between its chunks has no token to append (as in _decode).
+            in_prompt = self._in_prompt(group)
             for seq in group.seqs:
                 if seq.status is _SWAPPED:
                     seq.status = _RUNNING
+                    if in_prompt:
+                        continue
                     copy = memory.append_slot(seq)
                     if copy is not None:
                         out.blocks_to_copy.append(copy)

@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from paged.policy import POLICIES
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pagelab serve", description=__doc__.split("\n")[0])
@@ -62,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--scheduling-policy",
         default="fcfs",
-        help="fcfs, or priority: requests' `priority` field, lower first (vLLM's flag; docs/scheduler.md)",
+        choices=sorted(POLICIES),
+        help="fcfs: arrival order; priority: requests' `priority` field, lower first (vLLM's flag); "
+        "cache_aware: longest cached prefix first (paged/policy.py, docs/scheduler.md)",
     )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument(

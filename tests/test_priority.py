@@ -168,18 +168,37 @@ def test_a_registered_policy_orders_the_queues():
         del POLICIES["test_spf"]
 
 
-def test_the_llm_api_takes_priorities_and_keeps_greedy_tokens():
-    """LLM(scheduling_policy="priority").generate(..., priority=[...]): vLLM's arguments; the order
-    changes, the greedy tokens do not."""
+def test_the_llm_api_takes_priorities_and_keeps_greedy_tokens(monkeypatch):
+    """LLM(scheduling_policy="priority").generate(..., priority=[...]): vLLM's arguments. One sequence
+    at a time (max_num_seqs=1), the requests finish in priority order instead of submission order;
+    the greedy tokens do not change."""
+    import paged.llm
     from paged.llm import LLM
     from paged.sampling_params import SamplingParams as SP
 
+    engines = []
+
+    class Recording(paged.llm.Engine):  # keeps each generate()'s engine, to read its steps
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            engines.append(self)
+
+    monkeypatch.setattr(paged.llm, "Engine", Recording)
+
+    def generate(llm, **kw):
+        outputs = llm.generate(prompts, params, **kw)
+        index = {o.request_id: i for i, o in enumerate(outputs)}
+        order = [index[g.request_id] for r in engines[-1].steps for g in r.finished]
+        return [o.outputs[0].token_ids for o in outputs], order
+
     params = SP(max_tokens=4, temperature=0.0, ignore_eos=True)
     prompts = [[2, 100, 7], [2, 5, 6, 8], [2, 9]]
-    fcfs = LLM(model="opt-125m", kv_cache_gib=0.02, max_model_len=256)
-    prio = LLM(model="opt-125m", kv_cache_gib=0.02, max_model_len=256, scheduling_policy="priority")
-    a = [o.outputs[0].token_ids for o in fcfs.generate(prompts, params)]
-    b = [o.outputs[0].token_ids for o in prio.generate(prompts, params, priority=[2, 0, 1])]
+    kw = dict(model="opt-125m", kv_cache_gib=0.02, max_model_len=256, max_num_seqs=1)
+    fcfs = LLM(**kw)
+    prio = LLM(**kw, scheduling_policy="priority")
+    a, fcfs_order = generate(fcfs)
+    b, prio_order = generate(prio, priority=[2, 0, 1])
+    assert fcfs_order == [0, 1, 2] and prio_order == [1, 2, 0]
     assert a == b
     with pytest.raises(ValueError, match="priorities for 3 prompts"):
         prio.generate(prompts, params, priority=[0])
