@@ -14,12 +14,13 @@ kernel's per-block overhead (harness/sim/cost_model.py, `contiguous`). Decisions
 - page mapping is priced by slots, vAttention's reqIds: each request runs in a slot whose virtual
   tensors keep their mapped pages after the request leaves (deferred reclamation), and a new request
   takes the idle slot with the most mapped pages. A request maps a page per tensor only when its
-  table grows past its slot's mapped pages. When the mapped pages of all slots would exceed the
-  physical pool, pages are unmapped, first from idle slots (fewest pages first), then from running
-  slots' tails past their tables. `take_page_ops` hands the step's (maps, unmaps) to the simulated
-  executor, which prices them (`CostModel.page_map_ms`: the hardware preset's `page_map_us`,
-  `page_unmap_us`), hidden behind the step's compute or not (`system.page_map_overlap`). Sequences
-  of one group each have a slot, as vAttention's per-request tensors do, so a fork maps its copy;
+  table grows past its slot's mapped pages. When the physical pages (blocks in use, counted once,
+  plus mapped pages no table uses) would exceed the pool, pages are unmapped, first from idle slots
+  (fewest pages first), then from running slots' tails past their tables. `take_page_ops` hands the
+  step's (maps, unmaps) to the simulated executor, which prices them (`CostModel.page_map_ms`: the
+  hardware preset's `page_map_us`, `page_unmap_us`), hidden behind the step's compute or not
+  (`system.page_map_overlap`). Sequences of one group each have a slot, as vAttention's per-request
+  tensors do, so a fork maps its copy (its pages priced, its memory counted once: the first point);
 - with mapping priced, decode steps are stepped one by one (no fast-forward): each step's count is
   its own.
 """
@@ -62,29 +63,44 @@ class VAttention(BlockManager):
         super().__init__(cache_config, max_model_len)
         # Set when the simulator prices mapping (harness/simulate.py): decode steps are then stepped.
         self.count_maps = False
-        self.slot_pages: dict[int, int] = {}  # running sequence -> pages mapped in its slot (per tensor)
+        # running sequence -> [pages mapped in its slot, its table's length when last seen], per tensor
+        self.slots: dict[int, list[int]] = {}
         self.idle_slots: list[int] = []  # pages still mapped in each idle slot
-        self.num_mapped = 0  # pages mapped in every slot, per tensor: at most num_gpu_blocks
+        self.num_idle = 0  # their sum
+        self.num_spare = 0  # running slots' pages past their tables
         self.num_maps = self.num_unmaps = 0  # since the last take_page_ops
 
+    @property
+    def num_mapped(self) -> int:
+        """Pages mapped in every slot, per tensor (a block shared by sequences of one group is mapped
+        in each one's slot)."""
+        return self.num_idle + sum(mapped for mapped, _ in self.slots.values())
+
     def _grow(self, seq: Sequence) -> None:
-        """Map what the sequence's table holds beyond its slot's mapped pages (a new sequence first
-        takes the idle slot with the most pages, or a fresh one)."""
+        """Bring the sequence's slot up to its table: a new sequence first takes the idle slot with
+        the most pages (or a fresh one), and pages past the slot's are mapped."""
         need = len(self.block_tables[seq.seq_id])
-        mapped = self.slot_pages.get(seq.seq_id)
-        if mapped is None:
+        slot = self.slots.get(seq.seq_id)
+        if slot is None:
             idle = self.idle_slots
             mapped = idle.pop(max(range(len(idle)), key=idle.__getitem__)) if idle else 0
+            self.num_idle -= mapped
+            slot = self.slots[seq.seq_id] = [mapped, mapped]  # no spare counted yet
+        mapped, seen = slot
         if need > mapped:
-            self._reclaim(self.num_mapped + need - mapped - self.num_gpu_blocks)
             self.num_maps += need - mapped
-            self.num_mapped += need - mapped
             mapped = need
-        self.slot_pages[seq.seq_id] = mapped
+        self.num_spare += (mapped - need) - (slot[0] - seen)
+        slot[0], slot[1] = mapped, need
+        # Physical pages: the blocks in use (once, however many slots map them) plus every mapped
+        # page no table uses; past the pool, unmap.
+        self._reclaim(self.gpu.num_used + self.num_idle + self.num_spare - self.num_gpu_blocks)
 
     def _reclaim(self, excess: int) -> None:
         """Unmap `excess` pages that no table uses: idle slots' first, the smallest slot first, then
         running slots' pages past their tables."""
+        if excess <= 0:
+            return
         idle = self.idle_slots
         idle.sort(reverse=True)
         while excess > 0 and idle:
@@ -93,26 +109,27 @@ class VAttention(BlockManager):
             if not idle[-1]:
                 idle.pop()
             excess -= take
+            self.num_idle -= take
             self.num_unmaps += take
-            self.num_mapped -= take
-        if excess > 0:
-            for seq_id, mapped in self.slot_pages.items():
-                spare = mapped - len(self.block_tables.get(seq_id, ()))
-                take = min(excess, spare)
-                if take > 0:
-                    self.slot_pages[seq_id] = mapped - take
-                    excess -= take
-                    self.num_unmaps += take
-                    self.num_mapped -= take
-                if excess <= 0:
-                    break
+        for slot in self.slots.values():
+            if excess <= 0:
+                break
+            take = min(excess, slot[0] - slot[1])
+            if take > 0:
+                slot[0] -= take
+                excess -= take
+                self.num_spare -= take
+                self.num_unmaps += take
 
     def _release(self, seq: Sequence) -> None:
         """The sequence leaves the device (finished, aborted, swapped out or recomputed): its slot goes
         idle with its pages still mapped."""
-        mapped = self.slot_pages.pop(seq.seq_id, None)
-        if mapped:
-            self.idle_slots.append(mapped)
+        slot = self.slots.pop(seq.seq_id, None)
+        if slot is not None:
+            self.num_spare -= slot[0] - slot[1]
+            if slot[0]:
+                self.idle_slots.append(slot[0])
+                self.num_idle += slot[0]
 
     def take_page_ops(self) -> tuple[int, int]:
         """(pages mapped, pages unmapped) per tensor since the last call."""
@@ -128,7 +145,7 @@ class VAttention(BlockManager):
 
     def append_slot(self, seq: Sequence) -> tuple[int, int] | None:
         copy = super().append_slot(seq)
-        if len(self.block_tables[seq.seq_id]) > self.slot_pages[seq.seq_id]:
+        if len(self.block_tables[seq.seq_id]) != self.slots[seq.seq_id][1]:
             self._grow(seq)
         return copy
 

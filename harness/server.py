@@ -58,7 +58,8 @@ class ServerConfig:
     host_cache_gib: float = 0.0
     # Whether the simulator overlaps the tier's offloads with the step's compute, as LMCache's
     # asynchronous stores do: a step then lasts the longer of its compute and its offloads. False: they
-    # add to the step, as the real engine's synchronous copies do (docs/simulator.md).
+    # add to the step, as the real engine's synchronous copies do. True is optimistic: the evicted block
+    # is rewritten by its new owner in the same step (docs/scheduler.md, "Sharing").
     host_offload_overlap: bool = False
     ft_batch_size: int | None = None  # FasterTransformer's B; None: as many max-length requests as fit
     # FasterTransformer's batches as the paper's artifact formed them (docs/baselines.md): a request

@@ -177,8 +177,13 @@ class BlockManager:
             placement = None
         else:
             placement = self._place(group, seqs)
-            num_tokens = sum(len(s.token_ids) - c for s, c in zip(seqs, placement.num_computed))
             needed = placement.num_new_blocks + self._num_parked_hits(placement)
+            if placement.pins and self.gpu.num_free - needed < self.watermark_blocks:
+                # A parked copy source takes a block of its own for the step: where that is the block
+                # missing, copy only from referenced blocks, or compute the tokens instead.
+                placement = self._place(group, seqs, parked_sources=False)
+                needed = placement.num_new_blocks + self._num_parked_hits(placement)
+            num_tokens = sum(len(s.token_ids) - c for s, c in zip(seqs, placement.num_computed))
         status = AllocStatus.LATER if self.gpu.num_free - needed < self.watermark_blocks else AllocStatus.OK
         return AllocPlan(status, num_new_tokens=num_tokens, detail=placement)
 
@@ -213,16 +218,28 @@ class BlockManager:
         if self.gpu.ref_counts[block] == 0:
             return True
         writer = self._writers.get(block)
-        return writer is None or writer[0].num_computed_tokens >= writer[1]
+        if writer is None:
+            return True
+        if writer[0].num_computed_tokens >= writer[1]:
+            del self._writers[block]  # written for good: a missing entry says so
+            return True
+        return False
 
-    def _place(self, group: SequenceGroup, seqs: list[Sequence]) -> Placement:
+    def _referenced_and_written(self, block: int) -> bool:
+        return self.gpu.ref_counts[block] > 0 and self._written(block)
+
+    def _place(self, group: SequenceGroup, seqs: list[Sequence], parked_sources: bool = True) -> Placement:
         """Decide, block by block, what each waiting sequence shares and what it computes.
 
         A block is shared, in this order of preference: with a sibling of the same group holding the
         same tokens up to and including it (parallel samples share the whole prompt; sequences
         re-admitted after a recompute share their common history); with the group's shared prefix;
-        with the prefix cache. Cached and prefix blocks are taken only while they leave at least the
-        last token to compute, whose logits the prompt phase must produce (nano-vllm issue 144).
+        with the prefix cache; from the host tier, by a copy back. Cached and prefix blocks are taken
+        only while they leave at least the last token to compute, whose logits the prompt phase must
+        produce (nano-vllm issue 144). Under token-level matching (`partial_match`), the first block
+        not shared whole may be copied from a cached block that starts with the same tokens
+        (parked_sources=False: only from one that is referenced, so that the copy takes no extra
+        block).
         """
         bs = self.block_size
         cache = self.prefix_cache
@@ -290,7 +307,8 @@ class BlockManager:
                 if entry is None and leading and self.partial_match:
                     # Token-level match (radix): copy the cached block that starts like this one
                     # and compute from where they differ, leaving at least the last token.
-                    src, n = cache.longest_partial(parent, block_tokens, self._written)
+                    usable = self._written if parked_sources else self._referenced_and_written
+                    src, n = cache.longest_partial(parent, block_tokens, usable)
                     n = min(n, num_tokens - 1 - start)
                     if n > 0:
                         entry = NewBlock(num_new)

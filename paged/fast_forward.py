@@ -296,8 +296,10 @@ class _Batch:
         engine, sched = self.engine, self.sched
         before = {id(g) for g in sched.running}
         if sched.config.step_composition == "separate":
-            if engine.memory_due:
-                self.set_computed()  # the step's Figure 2 count reads every running sequence
+            if engine.memory_due or getattr(self.memory, "partial_match", False):
+                # the step's Figure 2 count reads every running sequence, and token-level matching
+                # which cached blocks they have written (BlockManager._written)
+                self.set_computed()
             record = engine.step()
             finished += record.finished
         else:

@@ -83,8 +83,8 @@ class KVCacheManager(Protocol):
         ...
 
     def end_step(self) -> None:
-        """Called after each executed step, before its samples are applied: what the policy held for
-        the step's copies can go."""
+        """Called after every step (post-processing, before its samples are applied): what the policy
+        held for the step's copies can go."""
         ...
 
     def usage(self, running: list[SequenceGroup]) -> MemoryUsage: ...

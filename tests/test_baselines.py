@@ -382,3 +382,21 @@ def test_vattention_maps_pages_by_slot_with_deferred_reclamation():
     prefix = SharedPrefix("p", list(range(4)))
     plan = m.can_allocate(make_group("e", range(8), prefix=prefix))
     assert plan.status is AllocStatus.NEVER and "prefix" in plan.reason
+
+
+def test_vattention_siblings_map_their_own_pages_but_hold_the_pool_once():
+    """n = 4 samples of one prompt share its blocks: each sequence's slot maps them (priced four
+    times), but physical pages count once, so nothing is unmapped while the pool holds them."""
+    from baselines.vattention import VAttention
+    from paged import CacheConfig
+    from tests.conftest import make_group
+    from tests.test_block_manager import admit, finish_step
+
+    m = VAttention(CacheConfig(num_gpu_blocks=8, block_size=4, num_cpu_blocks=8, watermark=0.0), 256)
+    g = make_group("a", range(16), max_tokens=2, n=4)
+    admit(m, g)
+    assert m.take_page_ops() == (16, 0)
+    finish_step(g)
+    for seq in g.seqs:
+        m.append_slot(seq)
+    assert m.take_page_ops() == (4, 0) and m.num_spare == 0 and m.num_idle == 0

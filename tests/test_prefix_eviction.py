@@ -375,3 +375,20 @@ def test_overlapped_host_offloads_run_beside_the_step_and_preemption_swaps_do_no
         assert r.engine.scheduler.memory.host_tier.num_offloads > 0
         clocks[overlap] = sum(s.duration_s for s in r.engine.records())
     assert clocks[True] < clocks[False]
+
+
+def test_radix_admits_what_fits_when_only_a_parked_copy_source_would_not():
+    """On a 4-block cache, b's prompt needs all 4 blocks. Copying 3 tokens from a's parked block 0
+    would hold a fifth for the step: radix then places b without that copy, as lru does, instead of
+    making it wait (in an idle cache: be rejected)."""
+    from paged.memory import AllocStatus
+    from tests.test_block_manager import admit, free_computed
+
+    m = BlockManager(cached(4, 4, 4, prefix_eviction="radix"), 256)
+    a = make_group("a", range(9), max_tokens=1)
+    admit(m, a)
+    free_computed(m, a.seqs[0])
+    b = make_group("b", [0, 1, 2, *range(50, 63)], max_tokens=1)  # 16 tokens: 4 blocks
+    plan = m.can_allocate(b)
+    assert plan.status is AllocStatus.OK and not plan.detail.pins
+    assert b.seqs[0].num_computed_tokens == 0 and plan.num_new_tokens == 16
