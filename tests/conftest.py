@@ -40,3 +40,19 @@ def make_scheduler(num_gpu_blocks=64, block_size=4, num_cpu_blocks=64, watermark
 @pytest.fixture
 def sched():
     return make_scheduler()
+
+
+@pytest.fixture
+def llm_engines(monkeypatch):
+    """The engines paged.llm.LLM builds (one per generate call), in order, to read their steps."""
+    import paged.llm
+
+    engines = []
+
+    class Recording(paged.llm.Engine):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            engines.append(self)
+
+    monkeypatch.setattr(paged.llm, "Engine", Recording)
+    return engines

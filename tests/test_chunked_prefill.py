@@ -282,24 +282,16 @@ def test_real_seeded_sampling_is_identical_with_and_without_chunking():
     assert got == whole
 
 
-def test_llm_api_with_chunked_prefill_gives_the_same_greedy_tokens(tmp_path, monkeypatch):
+def test_llm_api_with_chunked_prefill_gives_the_same_greedy_tokens(tmp_path, llm_engines):
     """`LLM(enable_chunked_prefill=True)` (vLLM's parameter) runs mixed steps with prompts cut to the
     step's budget, and greedy decoding gives the tokens it gives without chunking (and transformers');
     the budget defaults to vLLM's 512, at least max_num_seqs."""
-    import paged.llm
     from paged.llm import LLM
     from tests.test_model_runner import NEW_TOKENS, PROMPTS, hf_greedy, tiny
 
     model = tiny("llama")
     model.save_pretrained(tmp_path / "ckpt")
-    engines = []
-
-    class Recording(paged.llm.Engine):  # keeps each generate()'s engine, to read its steps
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            engines.append(self)
-
-    monkeypatch.setattr(paged.llm, "Engine", Recording)
+    engines = llm_engines
     kw = dict(model=str(tmp_path / "ckpt"), block_size=4, kv_cache_gib=0.01, seed=0)
     whole = LLM(**kw)
     chunked = LLM(**kw, enable_chunked_prefill=True, max_num_batched_tokens=4, max_num_seqs=4)

@@ -168,22 +168,14 @@ def test_a_registered_policy_orders_the_queues():
         del POLICIES["test_spf"]
 
 
-def test_the_llm_api_takes_priorities_and_keeps_greedy_tokens(monkeypatch):
+def test_the_llm_api_takes_priorities_and_keeps_greedy_tokens(llm_engines):
     """LLM(scheduling_policy="priority").generate(..., priority=[...]): vLLM's arguments. One sequence
     at a time (max_num_seqs=1), the requests finish in priority order instead of submission order;
     the greedy tokens do not change."""
-    import paged.llm
     from paged.llm import LLM
     from paged.sampling_params import SamplingParams as SP
 
-    engines = []
-
-    class Recording(paged.llm.Engine):  # keeps each generate()'s engine, to read its steps
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            engines.append(self)
-
-    monkeypatch.setattr(paged.llm, "Engine", Recording)
+    engines = llm_engines
 
     def generate(llm, **kw):
         outputs = llm.generate(prompts, params, **kw)
