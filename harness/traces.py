@@ -332,6 +332,38 @@ def rescale_times(times, rate: float) -> np.ndarray:
     return t * (own / rate)
 
 
+def _replay(path, times: np.ndarray, rate: float | None, duration_s: float | None):
+    """The arrival order of a trace's rows, their times (rescaled to `rate` unless None), how many
+    arrive before duration_s (None: all), and the workload meta's timing keys."""
+    order = np.argsort(times, kind="stable")
+    scaled = times[order] if rate is None else rescale_times(times[order], rate)
+    num = len(scaled) if duration_s is None else int(np.searchsorted(scaled, duration_s, side="left"))
+    if num == 0:
+        raise WorkloadError(
+            f"{path}: no request arrives before duration_s={duration_s:g} (the first at {scaled[0]:.3f} s); "
+            "raise duration_s"
+        )
+    if duration_s is not None and num == len(scaled):
+        log.info(
+            "%s: the trace ends at %.1f s, before duration_s=%g: all %d requests are replayed and the run "
+            "ends with them (the trace is not looped)",
+            path,
+            scaled[-1],
+            duration_s,
+            num,
+        )
+    own = mean_rate(times)
+    timing = dict(
+        rate=rate,
+        rescaled=rate is not None,
+        time_scale=1.0 if rate is None else own / rate,
+        trace_mean_rate=own,
+        trace_span_s=float(scaled[-1] - scaled[0]),
+        duration_s=duration_s,
+    )
+    return order, scaled, num, timing
+
+
 def load_trace_csv(
     path: str | Path,
     rate: float | None = None,
@@ -357,24 +389,7 @@ def load_trace_csv(
         )
     st = os.stat(path)
     times, prompts, outputs, counts = _parsed_trace(str(path), st.st_mtime_ns, st.st_size, fmt, model)
-    order = np.argsort(times, kind="stable")
-    own = mean_rate(times)
-    scaled = times[order] if rate is None else rescale_times(times[order], rate)
-    num = len(scaled) if duration_s is None else int(np.searchsorted(scaled, duration_s, side="left"))
-    if num == 0:
-        raise WorkloadError(
-            f"{path}: no request arrives before duration_s={duration_s:g} (the first at {scaled[0]:.3f} s); "
-            "raise duration_s"
-        )
-    if duration_s is not None and num == len(scaled):
-        log.info(
-            "%s: the trace ends at %.1f s, before duration_s=%g: all %d requests are replayed and the run "
-            "ends with them (the trace is not looped)",
-            path,
-            scaled[-1],
-            duration_s,
-            num,
-        )
+    order, scaled, num, timing = _replay(path, times, rate, duration_s)
     requests = [
         Request(str(i), float(t), int(prompts[i]), int(outputs[i])) for i, t in zip(order[:num], scaled[:num])
     ]
@@ -383,12 +398,7 @@ def load_trace_csv(
         path=str(path),
         format=fmt,
         model=model,
-        rate=rate,
-        rescaled=rate is not None,
-        time_scale=1.0 if rate is None else own / rate,
-        trace_mean_rate=own,
-        trace_span_s=float(scaled[-1] - scaled[0]),
-        duration_s=duration_s,
+        **timing,
         **counts,
         **data_meta(Path(path)),
     )
@@ -553,15 +563,7 @@ def load_mooncake(
     times, prompts, outputs, hash_ids, counts = _parsed_mooncake(
         str(path), st.st_mtime_ns, st.st_size, block_tokens
     )
-    order = np.argsort(times, kind="stable")
-    own = mean_rate(times)
-    scaled = times[order] if rate is None else rescale_times(times[order], rate)
-    num = len(scaled) if duration_s is None else int(np.searchsorted(scaled, duration_s, side="left"))
-    if num == 0:
-        raise WorkloadError(
-            f"{path}: no request arrives before duration_s={duration_s:g} (the first at {scaled[0]:.3f} s); "
-            "raise duration_s"
-        )
+    order, scaled, num, timing = _replay(path, times, rate, duration_s)
     requests = []
     for i, t in zip(order[:num].tolist(), scaled[:num].tolist()):
         p = int(prompts[i])
@@ -570,12 +572,7 @@ def load_mooncake(
     meta = dict(
         kind="mooncake",
         path=str(path),
-        rate=rate,
-        rescaled=rate is not None,
-        time_scale=1.0 if rate is None else own / rate,
-        trace_mean_rate=own,
-        trace_span_s=float(scaled[-1] - scaled[0]),
-        duration_s=duration_s,
+        **timing,
         block_tokens=block_tokens,
         **counts,
         **data_meta(Path(path)),
