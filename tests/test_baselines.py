@@ -333,6 +333,8 @@ def test_vattention_prices_each_mapped_page_hidden_behind_compute_or_not():
 
     gpu = load_hardware("a100_40gb")
     assert gpu.page_map_us == pytest.approx(37.44)
+    with pytest.raises(ValueError, match="page_map_us must be >= 0"):
+        replace(gpu, page_map_us=-1.0)
     w = synthetic("sharegpt_synthetic", rate=2.0, duration_s=20, seed=1)
     durations = {}
     for name, overlap, hardware in (

@@ -36,6 +36,12 @@ class GPUSpec:
     # relative to the preset's YAML; empty: the built-in harness/data/calibration.json.
     calibration_file: str = ""
 
+    def __post_init__(self) -> None:
+        for key in ("page_map_us", "page_unmap_us"):
+            value = getattr(self, key)
+            if not value >= 0:
+                raise ValueError(f"hardware {self.name}: {key} must be >= 0 us per page, got {value}")
+
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * GIB)
