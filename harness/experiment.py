@@ -175,8 +175,8 @@ def validate(cfg: Config) -> None:
             raise ExperimentError(f"cannot sweep {key!r}: sweepable parameters are {', '.join(SWEEPABLE)}")
         if not values:
             raise ExperimentError(f"sweep.{key} lists no values")
-        if key == "enable_chunked_prefill" and any(not isinstance(v, bool) for v in values):
-            raise ExperimentError(f"sweep.enable_chunked_prefill lists true or false, got {list(values)}")
+        if key in BOOLEAN_SWEEPS and any(not isinstance(v, bool) for v in values):
+            raise ExperimentError(f"sweep.{key} lists true or false, got {list(values)}")
         if key == "max_num_batched_tokens" and any(type(v) is not int for v in values):
             raise ExperimentError(f"sweep.max_num_batched_tokens lists numbers of tokens, got {list(values)}")
     for entry in cfg.sweep_exclude:
@@ -299,6 +299,10 @@ def search_points(cfg: Config, rows: list[dict]) -> list[Point]:
     return out
 
 
+# Sweep keys whose values are true or false, each a ServerConfig field of the same name.
+BOOLEAN_SWEEPS = ("enable_chunked_prefill", "page_map_overlap", "host_offload_overlap")
+
+
 def _apply(cfg: Config, params) -> Config:
     """The config with a point's sweep values filled in."""
     system, workload = cfg.system, cfg.workload
@@ -313,8 +317,6 @@ def _apply(cfg: Config, params) -> Config:
             )
         elif key == "prefix_len":
             workload = replace(workload, prefix_len=int(value))
-        elif key == "enable_chunked_prefill":
-            system = replace(system, enable_chunked_prefill=value)
         elif key == "max_num_batched_tokens":
             system = replace(system, max_num_batched_tokens=value)
         elif key == "scheduling_policy":
@@ -323,6 +325,10 @@ def _apply(cfg: Config, params) -> Config:
             system = replace(system, prefix_eviction=str(value))
         elif key == "host_cache_gib":
             system = replace(system, host_cache_gib=float(value))
+        elif key in BOOLEAN_SWEEPS:
+            system = replace(system, **{key: bool(value)})
+        else:  # a key added to SWEEPABLE without its line here would sweep nothing
+            raise AssertionError(f"sweep key {key!r} is not applied")
     return replace(cfg, system=system, workload=workload)
 
 

@@ -334,3 +334,35 @@ def test_chunked_prefill_sweeps_leave_out_excluded_combinations_and_resume(tmp_p
     cfg, _ = load(*args, "sweep.enable_chunked_prefill=[0,1]")
     with pytest.raises(ExperimentError, match="true or false"):
         validate(cfg)
+
+
+def test_every_sweepable_key_reaches_the_config_it_names():
+    """Each key of SWEEPABLE, given a value unlike the default, lands at its dotted path in the
+    point's config (a key with no line in _apply would sweep nothing while points.csv lists it); a
+    true/false key refuses other values."""
+    from harness.config import SWEEPABLE
+    from harness.experiment import ExperimentError, _apply, validate
+
+    cfg, _ = load("exp=smoke", "system.enable_prefix_caching=true")  # a host tier needs the cache
+    values = {
+        "block_size": 32,
+        "preemption_mode": "swap",
+        "n": 3,
+        "beam_width": 3,
+        "prefix_len": 64,
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 1024,
+        "scheduling_policy": "priority",
+        "prefix_eviction": "radix",
+        "host_cache_gib": 2.0,
+        "page_map_overlap": False,
+        "host_offload_overlap": True,
+    }
+    assert set(values) == set(SWEEPABLE)
+    for key, path in SWEEPABLE.items():
+        section, field_name = path.split(".")
+        before = getattr(getattr(cfg, section), field_name)
+        after = getattr(getattr(_apply(cfg, [(key, values[key])]), section), field_name)
+        assert after == values[key] != before, key
+    with pytest.raises(ExperimentError, match="sweep.page_map_overlap lists true or false"):
+        validate(load("exp=smoke", "+sweep.page_map_overlap=[1,0]")[0])

@@ -42,7 +42,8 @@ def test_requests_naming_the_same_segments_get_the_same_tokens():
         ]
     )
     g = [x.seqs[0].token_ids for x in w.to_sequence_groups(seed=1)]
-    assert g[0][:16] == g[1][:16] and g[0][16:32] != g[1][16:32] and g[0][32:] != g[1][16:]
+    # the shared segment's first 16 tokens, then different segments (equal-length slices)
+    assert g[0][:16] == g[1][:16] and g[0][16:20] != g[1][16:20] and g[0][32:36] != g[1][16:20]
     assert g[1][16:] == g[2][4:8]  # segment 5 after the explicit prefix
     again = [x.seqs[0].token_ids for x in w.to_sequence_groups(seed=1)]
     assert again == g and [x.seqs[0].token_ids for x in w.to_sequence_groups(seed=2)] != g
@@ -313,8 +314,8 @@ def test_the_prefix_cache_hits_on_a_simulated_multi_turn_run(tmp_path, chats):
         "workers=1",
     )
     run = run_experiment(OmegaConf.to_object(raw), OmegaConf.to_yaml(raw, resolve=True), progress=False)
-    rows = {r["prefix_eviction"]: r for r in csv.DictReader(open(run / "points.csv"))}
-    assert set(rows) == {"lru", "lfu", "radix"}
+    rows = {(r["prefix_eviction"], r["host_cache_gib"]): r for r in csv.DictReader(open(run / "points.csv"))}
+    assert set(rows) == {(p, gib) for p in ("lru", "lfu", "radix") for gib in ("0", "16")}
     for row in rows.values():
         assert float(row["prefix_hit_rate"]) > 0.1 and int(row["prefix_hit_blocks"]) > 0
         assert int(row["num_completed"]) == int(row["num_requests"])
