@@ -375,7 +375,9 @@ def _lengths_and_arrivals(cfg: Config, w, rate: float) -> Workload:
             )
         return system_prompts(w.dataset, rate, cfg.duration_s, w.seed, w.burstiness, **prompts, **data)
     if w.kind == "multi_turn":
-        context = w.max_context_len or cfg.system.max_model_len or cfg.model.max_position_embeddings
+        context = w.max_context_len
+        if context is None:  # 0 is an error multi_turn names, not "unset"
+            context = cfg.system.max_model_len or cfg.model.max_position_embeddings
         return multi_turn(
             rate,
             cfg.duration_s,

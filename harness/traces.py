@@ -39,7 +39,7 @@ def _int_field(row: dict, names: tuple[str, ...], path, line) -> int:
             raw = row[name]
             try:
                 value = int(float(raw))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: inf
                 _fail(path, line, name, f"expected a whole number of tokens, got {raw!r}")
             if value < 0 or value != float(raw):
                 _fail(path, line, name, f"expected a whole number of tokens >= 0, got {raw!r}")
@@ -451,7 +451,13 @@ MOONCAKE_EXAMPLE = (
 
 def _json_tokens(obj: dict, name: str, path, line) -> int:
     raw = obj[name]
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != int(raw) or raw < 0:
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, (int, float))
+        or not math.isfinite(raw)  # json reads NaN and Infinity
+        or raw != int(raw)
+        or raw < 0
+    ):
         _fail(path, line, name, f"expected a whole number of tokens >= 0, got {raw!r}")
     return int(raw)
 

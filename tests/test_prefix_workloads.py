@@ -252,6 +252,10 @@ def test_mooncake_blocks_are_shared_segments(tmp_path):
         (mooncake_line(0, 1100, 1, [0]), r":2: field 'hash_ids': 1 block ids for input_length 1100, "
          r"expected 3 \(or 2\).*block_tokens"),
         ("[1, 2]", r"trace.jsonl:2: expected a JSON object"),
+        ('{"timestamp": 0, "input_length": NaN, "output_length": 1, "hash_ids": [0]}',
+         r"trace.jsonl:2: field 'input_length': expected a whole number"),
+        ('{"timestamp": 0, "input_length": 3, "output_length": Infinity, "hash_ids": [0]}',
+         r"trace.jsonl:2: field 'output_length': expected a whole number"),
     ],
 )  # fmt: skip
 def test_mooncake_errors_name_the_file_line_and_field(tmp_path, line, match):

@@ -166,6 +166,7 @@ MALFORMED = [  # (header, rows, the error after "trace.csv")
         ["0,ChatGPT,1,-1,0,API log"],
         r":2: field 'Response tokens': expected a whole number of tokens >= 0",
     ),
+    (BG, ["0,ChatGPT,1,inf,1,API log"], r":2: field 'Response tokens': expected a whole number of tokens"),
     (BG, ["0,ChatGPT,1,0,1,API log"], r": no requests after the header \(1 skipped: no output tokens\)"),
     (BG, [], r": no requests after the header"),
 ]
